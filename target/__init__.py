@@ -1,0 +1,1 @@
+"""The simulated convadd accelerator: hardware, target tags, ISA, lowering, simulator."""

@@ -1,0 +1,12 @@
+"""tvm-convadd: fuse conv2d with the add after it and hide the add behind the conv.
+
+Importing the package registers the `convadd-*` target tags with TVM.
+"""
+
+from tvm_convadd.errors import ConvAddError
+from tvm_convadd.schedules.tile_config import TileConfig
+from tvm_convadd.schedules.workload import Workload
+from tvm_convadd.target import registry as _registry
+
+__all__ = ["ConvAddError", "TileConfig", "Workload"]
+_registry.register_targets()
