@@ -1,0 +1,422 @@
+"""LowerToProgram: scheduled TensorIR -> one instruction stream per accelerator unit.
+
+The schedule marks every block with the unit that runs it (`convadd.unit`) and the on-chip
+buffer it fills (`convadd.buffer`). We run TVM's own lowering up to InjectSoftwarePipeline
+(which versions the stage-crossing buffers into ping/pong slots), then walk the result in
+program order: loops over tiles are unrolled by interpretation, and each stage block becomes
+one instruction whose operands are the exact regions its loop nest touches (the predicate of
+a ragged last tile included). Why not `tensorize`: a tensor intrinsic has one fixed shape and
+cannot match the predicated last tile when N does not divide the axis; the region analysis
+below reads the same operands from the same TIR and works for every tile.
+
+Dependency tokens are then derived from the operands alone: an instruction waits for the
+last writer of every slot region it reads (RAW) and for the readers and writer of every slot
+region it overwrites (WAR, WAW) on other units, keeping only the tokens not already implied.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
+
+import tvm
+import tvm_ffi
+from tvm import s_tir, sym, tirx
+
+from tvm_convadd.errors import BufferOverflowError, ProgramError
+from tvm_convadd.schedules.convadd import BUFFER_ATTR, STAGE_ROOT_ATTR, UNIT_ATTR, schedule_convadd
+from tvm_convadd.schedules.tile_config import TileConfig
+from tvm_convadd.schedules.workload import Workload
+from tvm_convadd.target.isa import (
+    UNITS,
+    Add,
+    BufferDecl,
+    Conv,
+    Dram,
+    Instruction,
+    Load,
+    Program,
+    Region,
+    Slot,
+    Store,
+)
+
+if TYPE_CHECKING:
+    from tvm_convadd.target.hardware import HardwareConfig
+
+_LOWER_PASSES = [
+    s_tir.transform.CanonicalizeLoop(),
+    s_tir.transform.LowerInitBlock(),
+    s_tir.transform.PlanAndUpdateBufferAllocationLocation(),
+    s_tir.transform.ConvertBlocksToOpaque(),
+    s_tir.transform.CompactBufferAllocation(),
+    s_tir.transform.LowerMatchBuffer(),
+    s_tir.transform.StmtSimplify(),
+    s_tir.transform.InjectSoftwarePipeline(),
+]
+
+
+def lower_tir(mod: tvm.IRModule) -> tvm.IRModule:
+    """TVM's lowering of the scheduled module, stopped where blocks and multi-dim buffers remain."""
+    mod = tirx.transform.BindTarget(tvm.target.Target("llvm"))(mod)
+    return tvm.transform.Sequential(_LOWER_PASSES)(mod)
+
+
+def lower_to_program(
+    workload: Workload, config: TileConfig, hardware: HardwareConfig | None = None
+) -> Program:
+    """Schedule, lower and walk: the Program that runs `workload` tiled as `config`.
+
+    With `hardware`, buffers are checked against its capacities (BufferOverflowError names the
+    smallest tile count that fits)."""
+    sch = schedule_convadd(workload, config)
+    func = lower_tir(sch.mod)["main"]
+    program = _walk(func, workload, config)
+    if hardware is not None:
+        check_fits(program, hardware, workload, config)
+    return program
+
+
+@dataclass
+class _Access:
+    buffer: tirx.Buffer
+    indices: list
+
+
+@dataclass
+class _Walker:
+    """Interprets the lowered PrimFunc's tile loops and emits one instruction per stage block."""
+
+    workload: Workload
+    dram: dict  # TIR buffer name -> DRAM tensor name (TIR buffer names are unique here)
+    analyzer: sym.Analyzer = field(default_factory=sym.Analyzer)
+    onchip: dict = field(default_factory=dict)  # TIR buffer name -> on-chip buffer name
+    decls: dict = field(default_factory=dict)  # on-chip name -> BufferDecl
+    slot_vars: list = field(default_factory=list)  # vthread loops in scope: (var, extent)
+    slot_scoped: dict = field(default_factory=dict)  # TIR buffer name -> vthread (var, extent)
+    instructions: list = field(default_factory=list)
+
+    def visit(self, stmt, env: dict) -> None:
+        if isinstance(stmt, tirx.SeqStmt):
+            for child in stmt.seq:
+                self.visit(child, env)
+        elif isinstance(stmt, tirx.For):
+            self._visit_for(stmt, env)
+        elif isinstance(stmt, s_tir.SBlockRealize):
+            if self._true(stmt.predicate, env):
+                self._visit_block(stmt.block, env)
+        elif isinstance(stmt, tirx.IfThenElse):
+            if self._true(stmt.condition, env):
+                self.visit(stmt.then_case, env)
+            elif stmt.else_case is not None:
+                self.visit(stmt.else_case, env)
+        elif isinstance(stmt, tirx.LetStmt):
+            self.visit(stmt.body, {**env, stmt.var: self._const(stmt.value, env)})
+        elif hasattr(stmt, "body"):
+            self.visit(stmt.body, env)
+
+    def _visit_for(self, loop: tirx.For, env: dict) -> None:
+        if STAGE_ROOT_ATTR in loop.annotations:
+            self._emit_stage(loop, env)
+            return
+        is_slot = loop.thread_binding is not None and "vthread" in str(
+            loop.thread_binding.thread_tag
+        )
+        if is_slot:
+            self.slot_vars.append((loop.loop_var, self._const(loop.extent, env)))
+        start = self._const(loop.min, env)
+        for value in range(start, start + self._const(loop.extent, env)):
+            self.visit(loop.body, {**env, loop.loop_var: value})
+        if is_slot:
+            self.slot_vars.pop()
+
+    def _visit_block(self, block, env: dict) -> None:
+        if self.slot_vars:  # one copy per virtual thread, as InjectVirtualThread makes
+            self.slot_scoped.update({b.name: self.slot_vars[-1] for b in block.alloc_buffers})
+        if UNIT_ATTR in block.annotations:
+            raise ProgramError(f"stage block {block.name_hint!r} is not under a stage loop")
+        self.visit(block.body, env)
+
+    # -- one stage block -> one instruction ------------------------------------------------
+    def _emit_stage(self, root: tirx.For, env: dict) -> None:
+        loops, predicate, block = self._stage_nest(root, env)
+        if block is None or not self._true(predicate, {**env, **{v: lo for v, lo, _ in loops}}):
+            return
+        domain = self._tighten(loops, predicate, env)
+        if domain is None:
+            return
+        unit = str(block.annotations[UNIT_ATTR])
+        target = str(block.annotations[BUFFER_ATTR])
+        store, loads = _accesses(block)
+        write = self._operand(store, env, domain, name=target)
+        reads = {self._name(a.buffer): self._operand(a, env, domain) for a in loads}
+        self.instructions.append(self._instruction(unit, target, write, reads))
+
+    def _stage_nest(self, root: tirx.For, env: dict):
+        loops, conditions, stmt = [], [], root
+        while True:
+            if isinstance(stmt, tirx.For):
+                loops.append((stmt.loop_var, self._const(stmt.min, env), stmt.extent))
+                stmt = stmt.body
+            elif isinstance(stmt, s_tir.SBlockRealize):
+                conditions.append(stmt.predicate)
+                if UNIT_ATTR in stmt.block.annotations:
+                    break
+                stmt = stmt.block.body
+            elif isinstance(stmt, tirx.IfThenElse) and stmt.else_case is None:
+                conditions.append(stmt.condition)
+                stmt = stmt.then_case
+            else:
+                return loops, None, None
+        loops = [(var, lo, self._const(ext, env)) for var, lo, ext in loops]
+        predicate = tirx.all(*conditions) if conditions else tirx.const(True)
+        return loops, predicate, stmt.block
+
+    def _tighten(self, loops, predicate, env):
+        """Shrink each loop's extent to where the (monotone) predicate holds: the ragged tile."""
+        domain = {}
+        lows = {var: lo for var, lo, _ in loops}
+        for var, lo, extent in loops:
+            hi = lo + extent - 1
+            while hi >= lo and not self._true(predicate, {**env, **lows, var: hi}):
+                hi -= 1
+            if hi < lo:
+                return None
+            domain[var] = (lo, hi)
+        return domain
+
+    def _operand(self, access: _Access, env: dict, domain: dict, name: str | None = None):
+        dom = {v: sym.IntervalSet(lo, hi) for v, (lo, hi) in domain.items()}
+        bounds = []
+        for index in access.indices:
+            bound = self.analyzer.int_set(self.analyzer.simplify(_substitute(index, env)), dom)
+            bounds.append((int(bound.min_value), int(bound.max_value)))
+        if access.buffer.name in self.dram:
+            region = tuple((lo, hi - lo + 1) for lo, hi in bounds)
+            return Dram(self.dram[access.buffer.name], region)
+        buffer_name = self._name(access.buffer, name)
+        shape = [int(d) for d in access.buffer.shape]
+        slot, slots = 0, 1
+        if len(shape) == 5:  # versioned by InjectSoftwarePipeline: [slot, n, c, h, w]
+            (slot, _), bounds, slots, shape = bounds[0], bounds[1:], shape[0], shape[1:]
+        elif access.buffer.name in self.slot_scoped:
+            var, slots = self.slot_scoped[access.buffer.name]
+            slot = env[var]
+        decl = BufferDecl(tuple(shape), slots, self.workload.dtype)
+        if self.decls.setdefault(buffer_name, decl) != decl:
+            raise ProgramError(f"on-chip buffer {buffer_name!r} used with two shapes")
+        return Slot(buffer_name, slot, tuple((lo, hi - lo + 1) for lo, hi in bounds))
+
+    def _name(self, buf: tirx.Buffer, written_as: str | None = None) -> str:
+        if buf.name in self.dram:
+            return self.dram[buf.name]
+        if written_as is not None:
+            self.onchip[buf.name] = written_as
+        name = self.onchip.get(buf.name)
+        if name is None:
+            raise ProgramError(f"buffer {buf.name!r} is read before any stage fills it")
+        return name
+
+    def _instruction(self, unit: str, target: str, write, reads: dict) -> Instruction:
+        if unit == "load":
+            (src,) = reads.values()
+            return Load(dst=write, src=src)
+        if unit == "conv":
+            return Conv(inp=reads["inp"], wgt=reads["wgt"], acc=write, stride=self.workload.stride)
+        if unit == "add":
+            return Add(
+                acc=reads["acc"],
+                res=reads["res"],
+                out=write,
+                bias=reads.get("bias"),
+                relu=self.workload.relu,
+            )
+        if unit == "store":
+            (src,) = reads.values()
+            return Store(src=src, dst=write)
+        raise ProgramError(f"stage for unknown unit {unit!r}; units are {UNITS}")
+
+    # -- constant evaluation ---------------------------------------------------------------
+    def _const(self, expr, env: dict) -> int:
+        value = self.analyzer.simplify(_substitute(expr, env))
+        if not isinstance(value, tvm.tirx.IntImm):
+            raise ProgramError(f"expected a constant after unrolling the tiles, got {value}")
+        return int(value.value)
+
+    def _true(self, expr, env: dict) -> bool:
+        return bool(self._const(expr, env))
+
+
+def _substitute(expr, env: dict):
+    if not env:
+        return expr
+    return tvm_ffi.structural_map(
+        expr,
+        (tvm.ir.Var, lambda var: tirx.const(env[var], str(var.ty)) if var in env else var),
+        order="post",
+    )
+
+
+def _accesses(block) -> tuple[_Access, list[_Access]]:
+    """The block's single store and its loads (init stores write the same region)."""
+    stores, loads = [], []
+
+    def on_store(node):
+        stores.append(_Access(node.buffer, list(node.indices)))
+
+    def on_load(node):
+        if all(node.source.name != a.buffer.name for a in loads):
+            loads.append(_Access(node.source, list(node.indices)))
+
+    tvm_ffi.structural_walk(
+        block.body, [(tirx.BufferStore, on_store), (tvm.ir.TensorLoad, on_load)], order="pre"
+    )
+    if not stores or len({s.buffer.name for s in stores}) != 1:
+        raise ProgramError(f"stage block {block.name_hint!r} must store into exactly one buffer")
+    store = stores[-1]
+    return store, [a for a in loads if a.buffer.name != store.buffer.name]
+
+
+def _walk(func: tirx.PrimFunc, workload: Workload, config: TileConfig) -> Program:
+    names = ["data", "weight", *(["bias"] if workload.bias else []), "residual", "output"]
+    walker = _Walker(workload, {param.name: name for param, name in zip(func.params, names)})
+    walker.visit(func.body, {})
+    tensors = dict(zip(names, [*workload.input_shapes, workload.out_shape]))
+    streams = derive_tokens(drop_dead(walker.instructions))
+    meta = {"workload": workload.to_dict(), "config": config.to_dict()}
+    return Program(streams, dict(walker.decls), tensors, workload.dtype, meta)
+
+
+def _overlaps(a: Region, b: Region) -> bool:
+    return all(s1 < s2 + e2 and s2 < s1 + e1 for (s1, e1), (s2, e2) in zip(a, b))
+
+
+def _covers(outer: Region, inner: Region) -> bool:
+    return all(s1 <= s2 and s2 + e2 <= s1 + e1 for (s1, e1), (s2, e2) in zip(outer, inner))
+
+
+def drop_dead(instructions: list[Instruction]) -> list[Instruction]:
+    """Remove instructions whose on-chip result is never read (e.g. the input halo a producer
+    computes for an empty, predicated-off tile): the hardware should not pay for them."""
+    while True:
+        live = [
+            not inst.writes() or _is_read(instructions, i) for i, inst in enumerate(instructions)
+        ]
+        if all(live):
+            return instructions
+        instructions = [inst for inst, keep in zip(instructions, live) if keep]
+
+
+def _is_read(instructions: list[Instruction], index: int) -> bool:
+    (written,) = instructions[index].writes()
+    for later in instructions[index + 1 :]:
+        for read in later.reads():
+            same_slot = (read.buffer, read.slot) == (written.buffer, written.slot)
+            if same_slot and _overlaps(read.region, written.region):
+                return True
+        for write in later.writes():
+            same_slot = (write.buffer, write.slot) == (written.buffer, written.slot)
+            if same_slot and _covers(write.region, written.region):
+                return False
+    return False
+
+
+def derive_tokens(instructions: list[Instruction]) -> dict[str, tuple[Instruction, ...]]:
+    """Split a sequential instruction list into unit streams with the fewest tokens that keep
+    every on-chip read after its write and every overwrite after the reads it would clobber."""
+    counts = dict.fromkeys(UNITS, 0)
+    history: dict[tuple[str, int], list] = {}  # (buffer, slot) -> [(unit, pos, region, is_write)]
+    last_synced: dict[tuple[str, str], int] = {}
+    edges: list[tuple[int, int]] = []  # (producer index, consumer index)
+    index_of: dict[tuple[str, int], int] = {}
+    for index, inst in enumerate(instructions):
+        unit, pos = inst.unit, counts[inst.unit]
+        counts[unit] += 1
+        index_of[(unit, pos)] = index
+        needed: dict[str, int] = {}
+        for operand, is_write in [(s, False) for s in inst.reads()] + [
+            (s, True) for s in inst.writes()
+        ]:
+            events = history.setdefault((operand.buffer, operand.slot), [])
+            for other_unit, other_pos, region, other_write in reversed(events):
+                if not _overlaps(region, operand.region):
+                    continue
+                if other_unit != unit and (is_write or other_write):
+                    needed[other_unit] = max(needed.get(other_unit, -1), other_pos)
+                if other_write and not is_write:
+                    break  # older events are ordered before this write already
+        for other_unit, other_pos in needed.items():
+            if other_pos > last_synced.get((other_unit, unit), -1):
+                last_synced[(other_unit, unit)] = other_pos
+                edges.append((index_of[(other_unit, other_pos)], index))
+        for operand in inst.reads():
+            history[(operand.buffer, operand.slot)].append((unit, pos, operand.region, False))
+        for operand in inst.writes():
+            history[(operand.buffer, operand.slot)].append((unit, pos, operand.region, True))
+    waits: dict[int, list[str]] = {}
+    signals: dict[int, list[str]] = {}
+    for producer, consumer in edges:
+        signals.setdefault(producer, []).append(instructions[consumer].unit)
+        waits.setdefault(consumer, []).append(instructions[producer].unit)
+    streams: dict[str, list[Instruction]] = {unit: [] for unit in UNITS}
+    for index, inst in enumerate(instructions):
+        inst = replace(
+            inst,
+            wait=tuple(sorted(set(waits.get(index, ())), key=UNITS.index)),
+            signal=tuple(sorted(set(signals.get(index, ())), key=UNITS.index)),
+        )
+        streams[inst.unit].append(inst)
+    return {unit: tuple(stream) for unit, stream in streams.items()}
+
+
+def buffer_needs(program: Program) -> dict[str, int]:
+    """Bytes each on-chip buffer needs, all slots together."""
+    return {name: decl.slots * decl.slot_bytes for name, decl in program.buffers.items()}
+
+
+def overflowing(program: Program, hardware: HardwareConfig) -> dict[str, tuple[int, int]]:
+    """Buffers that do not fit: name -> (bytes needed, bytes available)."""
+    needs = buffer_needs(program)
+    return {
+        name: (need, hardware.capacity(name))
+        for name, need in needs.items()
+        if need > hardware.capacity(name)
+    }
+
+
+def check_fits(
+    program: Program, hardware: HardwareConfig, workload: Workload, config: TileConfig
+) -> None:
+    """Raise BufferOverflowError naming the buffer, the bytes, and the smallest N that fits."""
+    over = overflowing(program, hardware)
+    if not over:
+        return
+    details = "; ".join(f"{name} needs {need} B, has {cap} B" for name, (need, cap) in over.items())
+    smallest = smallest_fitting_tiles(workload, config, hardware)
+    if smallest is not None:
+        fix = f"use at least {smallest} tiles along {config.axis}"
+    else:
+        fix = (
+            f"no tile count along {config.axis} fits: tile another axis or pick a target "
+            "with bigger buffers"
+        )
+    raise BufferOverflowError(
+        f"{workload} with {config} does not fit {hardware.name}: {details}; {fix}"
+    )
+
+
+def smallest_fitting_tiles(
+    workload: Workload, config: TileConfig, hardware: HardwareConfig
+) -> int | None:
+    """The smallest tile count >= config's whose program fits, trying each distinct tile size."""
+    extent = config.axis_extent(workload)
+    tried = set()
+    for n_tiles in range(config.n_tiles + 1, extent + 1):
+        tile = -(-extent // n_tiles)
+        if tile in tried:
+            continue
+        tried.add(tile)
+        candidate = replace(config, n_tiles=n_tiles)
+        if not overflowing(lower_to_program(workload, candidate), hardware):
+            return n_tiles
+    return None
