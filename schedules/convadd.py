@@ -61,7 +61,7 @@ def schedule_convadd(workload: Workload, config: TileConfig) -> s_tir.Schedule:
 
 
 def _add_cache_stages(sch: s_tir.Schedule, workload: Workload) -> list[Stage]:
-    """Give every operand an on-chip buffer: a cache-read per input, a cache-write for the output."""
+    """Give every operand an on-chip buffer: cache-read each input, cache-write the output."""
     wgt = sch.cache_read(CONV, "weight", "global")
     res = sch.cache_read(ADD, "residual", "global")
     store = sch.cache_write(ADD, 0, "global")

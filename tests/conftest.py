@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
-import tvm
 
 GOLDEN_DIR = Path(__file__).parent / "golden"
 
@@ -32,11 +30,3 @@ def golden(request):
         assert text == path.read_text(), f"{name} changed: inspect, then pytest --update-golden"
 
     return check
-
-
-def run_llvm(mod: tvm.IRModule, inputs: list[np.ndarray], out_shape, dtype="float32") -> np.ndarray:
-    """Build `mod` for llvm and run it destination-passing style."""
-    lib = tvm.compile(mod, target="llvm")
-    out = tvm.runtime.tensor(np.zeros(out_shape, dtype))
-    lib(*[tvm.runtime.tensor(x) for x in inputs], out)
-    return out.numpy()

@@ -12,7 +12,7 @@ from tvm_convadd.errors import ConvAddError, TileConfigError
 from tvm_convadd.reference import convadd_reference, random_inputs
 from tvm_convadd.schedules.convadd import schedule_convadd
 
-from .conftest import run_llvm
+from tests.llvm import run_llvm
 
 MODES = ("none", "software", "vthread")
 AXES = ("height", "width", "channel")
