@@ -7,12 +7,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.llvm import run_llvm
 from tvm_convadd import TileConfig, Workload
 from tvm_convadd.errors import ConvAddError, TileConfigError
 from tvm_convadd.reference import convadd_reference, random_inputs
 from tvm_convadd.schedules.convadd import schedule_convadd
-
-from tests.llvm import run_llvm
 
 MODES = ("none", "software", "vthread")
 AXES = ("height", "width", "channel")
