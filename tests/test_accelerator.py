@@ -1,0 +1,148 @@
+"""Lowered programs on the simulator: exact numbers vs numpy, and the seed's law A + B/N."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tests.test_schedule import FAMILIES, tile_counts
+from tvm_convadd import TileConfig, Workload
+from tvm_convadd.errors import BufferOverflowError, DeadlockError, HazardError
+from tvm_convadd.reference import convadd_reference, random_inputs
+from tvm_convadd.target.hardware import load_config
+from tvm_convadd.target.isa import Program
+from tvm_convadd.target.lower import lower_to_program
+from tvm_convadd.target.simulator import simulate
+
+MODES = ("none", "software", "vthread")
+TENSORS = ("data", "weight", "bias", "residual")
+
+
+def tensors_for(workload: Workload, inputs: list[np.ndarray]) -> dict[str, np.ndarray]:
+    names = [n for n in TENSORS if n != "bias" or workload.bias]
+    return dict(zip(names, inputs))
+
+
+def run_on_simulator(workload: Workload, config: TileConfig, hardware) -> np.ndarray:
+    inputs = random_inputs(workload, seed=config.n_tiles)
+    program = lower_to_program(workload, config, hardware)
+    result = simulate(program, hardware, tensors_for(workload, inputs))
+    expected = convadd_reference(workload, inputs)
+    np.testing.assert_allclose(result.outputs["output"], expected, rtol=1e-4, atol=1e-4)
+    return result
+
+
+@pytest.fixture(scope="module")
+def default_hw():
+    return load_config("default")
+
+
+@pytest.fixture(scope="module")
+def ideal_hw():
+    return load_config("ideal")
+
+
+def run_every_fitting_tile_count(workload: Workload, axis: str, mode: str, hardware) -> None:
+    """Each tile count either runs and matches numpy or is refused as too big for the buffers."""
+    ran = 0
+    for n_tiles in tile_counts(workload, axis):
+        try:
+            run_on_simulator(workload, TileConfig(n_tiles, axis, mode), hardware)
+            ran += 1
+        except BufferOverflowError as err:
+            assert "tiles along" in str(err)
+    assert ran > 0
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("family", FAMILIES)
+def test_simulated_output_equals_numpy(family, mode, default_hw):
+    run_every_fitting_tile_count(FAMILIES[family], "height", mode, default_hw)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("axis", ["width", "channel"])
+@pytest.mark.parametrize("family", ["3x3_s2_p1", "7x7_s2_p3", "resnet50_stage4"])
+def test_simulated_output_other_axes(family, axis, mode, default_hw):
+    run_every_fitting_tile_count(FAMILIES[family], axis, mode, default_hw)
+
+
+# 1x1 conv, 64 -> 64 channels on 32x32: every tile count below divides MACs and elements evenly
+SEED_LAW = Workload(1, 64, 32, 32, 64, 1, 1)
+
+
+def whole_layer_cycles(workload: Workload, hardware) -> tuple[int, int]:
+    """A and B: the conv and the add of the whole layer, each as one instruction."""
+    elements = workload.batch * workload.out_channels * workload.out_height * workload.out_width
+    return hardware.conv_cycles(workload.macs), hardware.add_cycles(elements)
+
+
+@pytest.mark.parametrize("mode", ["software", "vthread"])
+@pytest.mark.parametrize("n_tiles", [1, 2, 4, 8, 16])
+def test_ideal_pipeline_takes_a_plus_b_over_n(n_tiles, mode, ideal_hw):
+    conv, add = whole_layer_cycles(SEED_LAW, ideal_hw)
+    assert conv % n_tiles == 0 and add % n_tiles == 0 and add <= conv
+    program = lower_to_program(SEED_LAW, TileConfig(n_tiles, "height", mode), ideal_hw)
+    assert simulate(program, ideal_hw, functional=False).total_cycles == conv + add // n_tiles
+
+
+@pytest.mark.parametrize("n_tiles", [1, 2, 4, 8, 16])
+def test_ideal_serial_takes_a_plus_b(n_tiles, ideal_hw):
+    conv, add = whole_layer_cycles(SEED_LAW, ideal_hw)
+    program = lower_to_program(SEED_LAW, TileConfig(n_tiles, "height", "none"), ideal_hw)
+    assert simulate(program, ideal_hw, functional=False).total_cycles == conv + add
+
+
+def test_timing_only_agrees_with_functional(default_hw):
+    workload = FAMILIES["3x3_s1_p1_bias_relu"]
+    config = TileConfig(4, "height", "software")
+    functional = run_on_simulator(workload, config, default_hw)
+    program = lower_to_program(workload, config, default_hw)
+    assert simulate(program, default_hw, functional=False).total_cycles == functional.total_cycles
+
+
+def test_more_tiles_help_until_overheads_win(default_hw):
+    workload = Workload(1, 64, 28, 28, 256, 1, 1, bias=True, relu=True)
+    cycles = {
+        n: simulate(
+            lower_to_program(workload, TileConfig(n, "height", "software"), default_hw),
+            default_hw,
+            functional=False,
+        ).total_cycles
+        for n in tile_counts(workload, "height")
+    }
+    best = min(cycles, key=cycles.get)
+    assert cycles[2] < cycles[1]
+    assert 1 < best < 28
+
+
+def _edit(program: Program, unit: str, index: int, **changes) -> Program:
+    from dataclasses import replace
+
+    stream = list(program.streams[unit])
+    stream[index] = replace(stream[index], **changes)
+    return replace(program, streams={**program.streams, unit: tuple(stream)})
+
+
+def test_hand_edited_missing_signal_deadlocks(default_hw):
+    program = lower_to_program(SEED_LAW, TileConfig(4, "height", "software"), default_hw)
+    conv = program.streams["conv"][0]
+    broken = _edit(program, "conv", 0, signal=tuple(u for u in conv.signal if u != "add"))
+    with pytest.raises(DeadlockError, match="add"):
+        simulate(broken, default_hw, functional=False)
+
+
+def test_hand_edited_swapped_slot_is_a_hazard(default_hw):
+    from dataclasses import replace
+
+    program = lower_to_program(SEED_LAW, TileConfig(4, "height", "software"), default_hw)
+    add = program.streams["add"][1]
+    swapped = replace(add.acc, slot=1 - add.acc.slot)
+    with pytest.raises(HazardError, match="acc"):
+        simulate(_edit(program, "add", 1, acc=swapped), default_hw, functional=False)
+
+
+def test_tile_too_large_names_the_smallest_tile_count(default_hw):
+    workload = Workload(1, 256, 56, 56, 256, 1, 1, bias=True)
+    with pytest.raises(BufferOverflowError, match=r"use at least \d+ tiles along height"):
+        lower_to_program(workload, TileConfig(1, "height", "software"), default_hw)
