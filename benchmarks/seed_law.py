@@ -83,7 +83,8 @@ def print_rows(rows: list[dict]) -> None:
         f"A+B={rows[0]['a'] + rows[0]['b']}"
     )
     print(
-        f"{'N':>4} {'tiles':>5} {'A':>9} {'B':>8} {'A+B/tiles':>11} {'simulated':>10} {'error':>8} {'serial':>10}"
+        f"{'N':>4} {'tiles':>5} {'A':>9} {'B':>8} {'A+B/tiles':>11} {'simulated':>10} "
+        f"{'error':>8} {'serial':>10}"
     )
     for row in rows:
         if row["sim"] is None:
@@ -94,8 +95,8 @@ def print_rows(rows: list[dict]) -> None:
             continue
         error = (row["sim"] - row["law"]) / row["law"]
         print(
-            f"{row['n']:>4} {row['tiles']:>5} {row['a']:>9} {row['b']:>8} {row['law']:>11.1f} {row['sim']:>10} "
-            f"{error:>8.2%} {row['serial']:>10}"
+            f"{row['n']:>4} {row['tiles']:>5} {row['a']:>9} {row['b']:>8} {row['law']:>11.1f} "
+            f"{row['sim']:>10} {error:>8.2%} {row['serial']:>10}"
         )
     fitted = [r for r in rows if r["sim"] is not None]
     if fitted:

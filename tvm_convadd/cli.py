@@ -29,9 +29,7 @@ def _load_model(args) -> tuple:
 
         mod, params = from_onnx(args.model)
     else:
-        mod, params = networks.get_network(
-            args.model, image_size=args.image_size, width=args.width
-        )
+        mod, params = networks.get_network(args.model, image_size=args.image_size, width=args.width)
     shape = [int(d) for d in mod["main"].params[0].struct_info.shape]
     return mod, params, shape
 
@@ -76,7 +74,8 @@ def cmd_run(args) -> int:
         error = float(np.abs(out - reference).max())
         scale = float(np.abs(reference).max()) or 1.0
         ok = np.allclose(out, reference, rtol=1e-3, atol=1e-3 * scale)
-        print(f"check against the pure-llvm build: max abs error {error:.3g} ({'ok' if ok else 'MISMATCH'})")
+        verdict = "ok" if ok else "MISMATCH"
+        print(f"check against the pure-llvm build: max abs error {error:.3g} ({verdict})")
         if not ok:
             return 1
     if args.trace:
@@ -127,7 +126,7 @@ def cmd_demo(args) -> int:
 
 
 def _model_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model", help="resnet50, resnet18, mobilenet_v2, or a path to an .onnx file")
+    parser.add_argument("model", help="resnet50, resnet18, mobilenet_v2, or an .onnx file path")
     parser.add_argument("--image-size", type=int, default=224, help="input height and width")
     parser.add_argument("--width", type=float, default=1.0, help="channel width multiplier")
     parser.add_argument("--target", default="convadd-sim", help="a convadd-sim* target tag")

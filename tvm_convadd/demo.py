@@ -45,7 +45,7 @@ def run_demo(n_tiles: int = 4, pipeline: str = "software") -> int:
     print(format_explanation(explain(prepared)))
 
     partitioned = PartitionConvAdd()(prepared)
-    symbol, fused = next(iter(fused_functions(partitioned).items()))
+    symbol = next(iter(fused_functions(partitioned)))
     _section(f"2. the fused function {symbol} (offloaded to codegen 'convadd')")
     func = next(f for _, f in partitioned.functions.items() if f.attrs and "Codegen" in f.attrs)
     print(func.script())
@@ -85,7 +85,9 @@ def run_demo(n_tiles: int = 4, pipeline: str = "software") -> int:
     print(f"max |simulator - numpy| = {sim_error:.3g}")
     print(f"serial (A + B): {serial.total_cycles} cycles; pipelined: {result.total_cycles} cycles")
     for unit, stats in result.units.items():
-        print(f"  {unit:<6} busy {stats.busy_cycles:>9} cycles  utilization {stats.utilization:.0%}")
+        print(
+            f"  {unit:<6} busy {stats.busy_cycles:>9} cycles  utilization {stats.utilization:.0%}"
+        )
     ok = llvm_error < 1e-3 and sim_error < 1e-3
     print("\nOK" if ok else "\nMISMATCH")
     return 0 if ok else 1
