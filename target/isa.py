@@ -30,6 +30,14 @@ def _region(value, what: str) -> Region:
     return region
 
 
+def region_size(region: Region) -> int:
+    """Number of elements in a region."""
+    size = 1
+    for _, extent in region:
+        size *= extent
+    return size
+
+
 def format_region(region: Region) -> str:
     return "[" + ", ".join(f"{s}:{s + e}" for s, e in region) + "]"
 
@@ -52,7 +60,9 @@ class Slot:
     def from_json(cls, data: dict, what: str) -> Slot:
         try:
             return cls(str(data["buffer"]), int(data["slot"]), _region(data["region"], what))
-        except (KeyError, TypeError) as err:
+        except ProgramError:
+            raise
+        except (KeyError, TypeError, ValueError) as err:
             raise ProgramError(
                 f"{what}: on-chip operand {data!r} needs buffer, slot, region"
             ) from err
@@ -120,6 +130,10 @@ class Load(Instruction):
     def writes(self):
         return (self.dst,)
 
+    def transfer_bytes(self, program: Program) -> int:
+        """Bytes the DMA moves (padding elements included: the engine writes them)."""
+        return region_size(self.dst.region) * _dtype_bytes(program.buffers[self.dst.buffer].dtype)
+
 
 @dataclass(frozen=True, kw_only=True)
 class Conv(Instruction):
@@ -134,6 +148,12 @@ class Conv(Instruction):
 
     def operands(self):
         return {"inp": self.inp, "wgt": self.wgt, "acc": self.acc}
+
+    @property
+    def macs(self) -> int:
+        """Multiply-accumulates: every output element reduces over the weight's C x R x S."""
+        _, (_, channels), (_, kernel_h), (_, kernel_w) = self.wgt.region
+        return region_size(self.acc.region) * channels * kernel_h * kernel_w
 
     def reads(self):
         return (self.inp, self.wgt)
@@ -179,6 +199,10 @@ class Store(Instruction):
     def reads(self):
         return (self.src,)
 
+    def transfer_bytes(self, program: Program) -> int:
+        """Bytes the DMA moves."""
+        return region_size(self.src.region) * _dtype_bytes(program.buffers[self.src.buffer].dtype)
+
 
 OPCODES: dict[str, type[Instruction]] = {cls.opcode: cls for cls in (Load, Conv, Add, Store)}
 
@@ -198,12 +222,14 @@ def instruction_to_json(inst: Instruction) -> dict:
 
 
 def instruction_from_json(data: dict, where: str) -> Instruction:
-    if not isinstance(data, dict) or data.get("op") not in OPCODES:
-        op = data.get("op") if isinstance(data, dict) else data
+    op = data.get("op") if isinstance(data, dict) else data
+    if not isinstance(op, str) or op not in OPCODES:
         raise ProgramError(f"{where}: unknown opcode {op!r}; expected one of {sorted(OPCODES)}")
     cls = OPCODES[data["op"]]
     kwargs: dict = {}
     for key in ("wait", "signal"):
+        if not isinstance(data.get(key, []), (list, tuple)):
+            raise ProgramError(f"{where}: {key} must be a list of unit names, got {data[key]!r}")
         units = tuple(str(u) for u in data.get(key, ()))
         bad = [u for u in units if u not in UNITS]
         if bad:
@@ -217,7 +243,13 @@ def instruction_from_json(data: dict, where: str) -> Instruction:
         operand_cls = Dram if is_dram else Slot
         kwargs[name] = operand_cls.from_json(data[name], f"{where} {cls.opcode}.{name}")
     if cls is Conv and "stride" in data:
-        kwargs["stride"] = tuple(int(s) for s in data["stride"])
+        try:
+            stride = tuple(int(s) for s in data["stride"])
+        except (TypeError, ValueError):
+            stride = ()
+        if len(stride) != 2 or min(stride) < 1:
+            raise ProgramError(f"{where}: CONV stride {data['stride']!r}: give two integers >= 1")
+        kwargs["stride"] = stride
     if cls is Add:
         kwargs["relu"] = bool(data.get("relu", False))
     try:
@@ -371,8 +403,12 @@ class Program:
                 )
                 for unit, items in data["streams"].items()
             }
-        except (KeyError, TypeError, AttributeError) as err:
+        except ProgramError:
+            raise
+        except KeyError as err:
             raise ProgramError(f"program JSON is missing a field: {err}") from err
+        except (TypeError, ValueError, AttributeError) as err:
+            raise ProgramError(f"program JSON has a malformed buffer or tensor: {err}") from err
         return cls(streams, buffers, tensors, data.get("dtype", "float32"), data.get("meta", {}))
 
 

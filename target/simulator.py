@@ -1,0 +1,508 @@
+"""Event-driven simulator of the accelerator: cycles per unit, numpy semantics, checked tokens.
+
+The four units run concurrently, each in order through its stream. An instruction starts when
+its unit is free and every token it waits for has arrived, and lasts `instruction_cycles`.
+Because tokens travel through FIFO queues the schedule is a Kahn network: the result does
+not depend on the order in which we advance the units, so we advance each as far as it can.
+
+Happens-before is tracked with vector clocks (a token carries its sender's clock), which
+makes the hazard check O(units) per operand and valid in timing-only mode too.
+"""
+
+from __future__ import annotations
+
+import gc
+from collections import deque
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, NamedTuple
+
+import numpy as np
+
+from tvm_convadd.errors import BufferOverflowError, DeadlockError, HazardError, ProgramError
+from tvm_convadd.target.isa import UNITS, Add, Conv, Dram, Load, Program, Slot, Store
+
+if TYPE_CHECKING:
+    from tvm_convadd.target.hardware import HardwareConfig
+
+_UNIT_INDEX = {unit: index for index, unit in enumerate(UNITS)}
+_NUM_UNITS = len(UNITS)
+
+
+@dataclass(frozen=True)
+class UnitStats:
+    """What one unit did: cycles busy, instructions run, busy / total."""
+
+    busy_cycles: int
+    instructions: int
+    utilization: float
+
+
+class Event(NamedTuple):
+    """One instruction's run (a NamedTuple: the simulator makes one per instruction, cheaply)."""
+
+    unit: str
+    index: int
+    opcode: str
+    start: int
+    end: int
+
+
+@dataclass(frozen=True)
+class SimResult:
+    """Outcome of a simulation; `outputs` holds every DRAM tensor in functional mode, else None.
+
+    `leftover_tokens` counts tokens signalled but never waited for, per queue ("conv->add"):
+    harmless for timing, but usually a sign of a missing `wait`.
+    """
+
+    total_cycles: int
+    units: dict[str, UnitStats]
+    events: tuple[Event, ...]
+    outputs: dict[str, np.ndarray] | None
+    hardware: str
+    leftover_tokens: dict[str, int]
+
+    def summary(self) -> str:
+        lines = [f"{self.total_cycles} cycles on {self.hardware}"]
+        for unit, stats in self.units.items():
+            lines.append(
+                f"  {unit:<5} {stats.instructions:6d} instructions  {stats.busy_cycles:10d} busy"
+                f"  {100 * stats.utilization:5.1f}%"
+            )
+        return "\n".join(lines)
+
+
+def simulate(
+    program: Program,
+    hardware: HardwareConfig,
+    tensors: dict[str, np.ndarray] | None = None,
+    functional: bool = True,
+) -> SimResult:
+    """Run `program` on `hardware`; functional mode also computes every DRAM tensor with numpy.
+
+    Raises BufferOverflowError (before running), DeadlockError, HazardError, ProgramError.
+    """
+    check_capacity(program, hardware)
+    collecting = gc.isenabled()
+    gc.disable()  # the run allocates many small acyclic tuples: collection passes only cost time
+    try:
+        return _run(program, hardware, tensors, functional)
+    finally:
+        if collecting:
+            gc.enable()
+
+
+def _run(
+    program: Program,
+    hardware: HardwareConfig,
+    tensors: dict[str, np.ndarray] | None,
+    functional: bool,
+) -> SimResult:
+    slot_ids: dict[tuple[str, int], int] = {}
+    steps = [_prepare(program, hardware, unit, slot_ids) for unit in UNITS]
+    machine = _Functional(program, tensors) if functional else None
+
+    queues = [deque() for _ in range(_NUM_UNITS * _NUM_UNITS)]  # index src * 4 + dst
+    pcs = [0] * _NUM_UNITS
+    free = [0] * _NUM_UNITS
+    busy = [0] * _NUM_UNITS
+    clocks = [[0] * _NUM_UNITS for _ in range(_NUM_UNITS)]
+    # per slot id: the live (writes, reads), each access (region, unit, index + 1)
+    accesses: list[tuple[list, list]] = [([], []) for _ in slot_ids]
+    timeline: list[tuple[int, int, int, int]] = []
+    remaining = sum(len(s) for s in steps)
+
+    while remaining:
+        progressed = False
+        for unit in range(_NUM_UNITS):
+            unit_steps = steps[unit]
+            pc, count = pcs[unit], len(unit_steps)
+            if pc == count:
+                continue
+            now, clock = free[unit], clocks[unit]
+            start_pc = pc
+            while pc < count:
+                cost, waits, signals, reads, writes, inst = unit_steps[pc]
+                if waits:
+                    blocked = False
+                    for q, need in waits:
+                        if len(queues[q]) < need:
+                            blocked = True
+                            break
+                    if blocked:
+                        break
+                    for q, need in waits:
+                        queue = queues[q]
+                        for _ in range(need):
+                            arrival, token_clock = queue.popleft()
+                            if arrival > now:
+                                now = arrival
+                            for other, value in enumerate(token_clock):
+                                if value > clock[other]:
+                                    clock[other] = value
+                stamp = pc + 1
+                clock[unit] = stamp
+                for key, region, slot in reads:
+                    _check_read(accesses, key, region, slot, unit, stamp, clock, program)
+                for key, region, slot in writes:
+                    _check_write(accesses, key, region, slot, unit, stamp, clock, program)
+                if machine is not None:
+                    machine.execute(inst)
+                end = now + cost
+                timeline.append((unit, pc, now, end))
+                if signals:
+                    token = (end, tuple(clock))
+                    for q in signals:
+                        queues[q].append(token)
+                now = end
+                pc += 1
+            if pc != start_pc:
+                busy[unit] += sum(step[0] for step in unit_steps[start_pc:pc])
+                remaining -= pc - start_pc
+                pcs[unit], free[unit] = pc, now
+                progressed = True
+        if remaining and not progressed:
+            raise DeadlockError(_deadlock_message(program, steps, pcs, queues))
+
+    total = max(free)
+    stats = {
+        name: UnitStats(busy[u], len(steps[u]), busy[u] / total if total else 0.0)
+        for u, name in enumerate(UNITS)
+    }
+    timeline.sort()  # by unit, then index: independent of the order units were advanced in
+    opcodes = [[inst.opcode for inst in program.streams[name]] for name in UNITS]
+    events = tuple(
+        Event(UNITS[u], index, opcodes[u][index], start, end) for u, index, start, end in timeline
+    )
+    leftover = {
+        f"{UNITS[q // _NUM_UNITS]}->{UNITS[q % _NUM_UNITS]}": len(queue)
+        for q, queue in enumerate(queues)
+        if queue
+    }
+    outputs = machine.dram if machine is not None else None
+    return SimResult(total, stats, events, outputs, hardware.name, leftover)
+
+
+def check_capacity(program: Program, hardware: HardwareConfig) -> None:
+    """Raise BufferOverflowError if some buffer's slots do not fit the hardware's capacity."""
+    if program.dtype != hardware.dtype:
+        raise ProgramError(
+            f"program computes in {program.dtype}, {hardware.name} in {hardware.dtype}: "
+            f"lower for a {program.dtype} target or pick a {program.dtype} configuration"
+        )
+    for name, decl in program.buffers.items():
+        need = decl.slots * decl.slot_bytes
+        available = hardware.capacity(name)
+        if need > available:
+            raise BufferOverflowError(
+                f"buffer {name!r} needs {need} bytes ({decl.slots} slot(s) of "
+                f"{list(decl.shape)} {decl.dtype}) but {hardware.name} has {available}: "
+                "use more (smaller) tiles or a configuration with a bigger buffer"
+            )
+
+
+# -- preparation: everything per instruction that does not depend on time ------------------
+
+
+def _prepare(
+    program: Program, hardware: HardwareConfig, unit: str, slot_ids: dict[tuple[str, int], int]
+) -> list[tuple]:
+    """Per instruction: (cost, waits ((queue, count), ...), signal queues, reads, writes, inst).
+
+    Reads and writes are (slot id, region, operand); `slot_ids` numbers the (buffer, slot)s.
+    Tiles repeat the same operand shapes, so shape checks and costs are memoised by them.
+    """
+    me = _UNIT_INDEX[unit]
+    steps = []
+    cost_of = hardware.instruction_cycles
+    costs: dict[tuple, int] = {}
+    token_queues: dict[tuple[tuple[str, ...], bool], tuple] = {}
+    for index, inst in enumerate(program.streams[unit]):
+        kind = type(inst)
+        if kind is Load or kind is Store:
+            chip, dram = (inst.dst, inst.src) if kind is Load else (inst.src, inst.dst)
+            if [e for _, e in chip.region] != [e for _, e in dram.region]:
+                _check_shapes(inst, f"{unit}#{index}")
+            key = (kind, chip.buffer, chip.region)
+        elif kind is Conv:
+            key = (kind, inst.inp.region, inst.wgt.region, inst.acc.region, inst.stride)
+        elif kind is Add:
+            bias = inst.bias.region if inst.bias is not None else None
+            key = (kind, inst.acc.region, inst.res.region, inst.out.region, bias)
+        else:
+            raise ProgramError(f"{unit}#{index}: unknown instruction {kind.__name__}")
+        cost = costs.get(key)
+        if cost is None:
+            _check_shapes(inst, f"{unit}#{index}")
+            cost = costs[key] = cost_of(inst, program)
+        waits = token_queues.get((inst.wait, True))
+        if waits is None:
+            waits = token_queues[inst.wait, True] = tuple(
+                (_UNIT_INDEX[src] * _NUM_UNITS + me, inst.wait.count(src))
+                for src in dict.fromkeys(inst.wait)
+            )
+        signals = token_queues.get((inst.signal, False))
+        if signals is None:
+            signals = token_queues[inst.signal, False] = tuple(
+                me * _NUM_UNITS + _UNIT_INDEX[dst] for dst in inst.signal
+            )
+        reads = tuple([(_slot_id(slot_ids, s), s.region, s) for s in inst.reads()])
+        writes = tuple([(_slot_id(slot_ids, s), s.region, s) for s in inst.writes()])
+        steps.append((cost, waits, signals, reads, writes, inst))
+    return steps
+
+
+def _slot_id(slot_ids: dict[tuple[str, int], int], operand: Slot) -> int:
+    key = (operand.buffer, operand.slot)
+    found = slot_ids.get(key)
+    if found is None:
+        found = slot_ids[key] = len(slot_ids)
+    return found
+
+
+def _extents(region) -> tuple[int, ...]:
+    return tuple(extent for _, extent in region)
+
+
+def _check_shapes(inst, where: str) -> None:
+    """The operand shapes each opcode's semantics need (the Program checks only bounds)."""
+    if isinstance(inst, Load):
+        pairs = [("dst", inst.dst.region), ("src", inst.src.region)]
+    elif isinstance(inst, Store):
+        pairs = [("src", inst.src.region), ("dst", inst.dst.region)]
+    elif isinstance(inst, Add):
+        pairs = [("acc", inst.acc.region), ("res", inst.res.region), ("out", inst.out.region)]
+        if inst.bias is not None:
+            channels = _extents(inst.acc.region)[1] if len(inst.acc.region) == 4 else None
+            if _extents(inst.bias.region) != (1, channels, 1, 1):
+                raise ProgramError(
+                    f"{where} ADD: bias region {_extents(inst.bias.region)} must be "
+                    f"(1, {channels}, 1, 1) to broadcast over the acc region"
+                )
+    elif isinstance(inst, Conv):
+        inp, wgt, acc = (_extents(s.region) for s in (inst.inp, inst.wgt, inst.acc))
+        if len(inp) != 4 or len(wgt) != 4 or len(acc) != 4:
+            raise ProgramError(f"{where} CONV: inp, wgt and acc regions must be 4-d (NCHW, OIHW)")
+        if len(inst.stride) != 2 or min(inst.stride) < 1:
+            raise ProgramError(f"{where} CONV: stride {inst.stride}: give two integers >= 1")
+        if wgt[1] != inp[1]:
+            raise ProgramError(
+                f"{where} CONV: weight region has {wgt[1]} input channels, input region {inp[1]}"
+            )
+        (stride_h, stride_w), (_, _, kernel_h, kernel_w) = inst.stride, wgt
+        if inp[2] < kernel_h or inp[3] < kernel_w:
+            raise ProgramError(f"{where} CONV: input region {inp} smaller than the kernel {wgt}")
+        expected = (
+            inp[0],
+            wgt[0],
+            (inp[2] - kernel_h) // stride_h + 1,
+            (inp[3] - kernel_w) // stride_w + 1,
+        )
+        if acc != expected:
+            raise ProgramError(
+                f"{where} CONV: acc region {acc} is not the conv output {expected} of input "
+                f"{inp}, weight {wgt}, stride {inst.stride}"
+            )
+        return
+    else:
+        raise ProgramError(f"{where}: unknown instruction {type(inst).__name__}")
+    shapes = {name: _extents(region) for name, region in pairs}
+    if len(set(shapes.values())) != 1:
+        raise ProgramError(f"{where} {inst.opcode}: operand shapes differ: {shapes}")
+
+
+# -- hazards: vector clocks, slot granularity, overlapping regions only ---------------------
+
+
+def _overlaps(a, b) -> bool:
+    for (start_a, extent_a), (start_b, extent_b) in zip(a, b):
+        if start_a >= start_b + extent_b or start_b >= start_a + extent_a:
+            return False
+    return True
+
+
+def _covers(outer, inner) -> bool:
+    for (start_o, extent_o), (start_i, extent_i) in zip(outer, inner):
+        if start_i < start_o or start_i + extent_i > start_o + extent_o:
+            return False
+    return True
+
+
+def _name(program: Program, unit: int, stamp: int) -> str:
+    inst = program.streams[UNITS[unit]][stamp - 1]
+    return f"{inst.opcode} {UNITS[unit]}#{stamp - 1}"
+
+
+def _check_read(accesses, key, region, slot, unit, stamp, clock, program) -> None:
+    """A read must happen after every overlapping write (through tokens if on another unit)."""
+    writes, reads = accesses[key]
+    found = False
+    for old, writer, written in writes:
+        if old == region or _overlaps(old, region):
+            found = True
+            if writer != unit and clock[writer] < written:
+                raise HazardError(
+                    f"read of {slot.buffer}[{slot.slot}] by {_name(program, unit, stamp)} before "
+                    f"{_name(program, writer, written)} signalled it (region {slot}): add a wait "
+                    f"on the {UNITS[writer]} unit's token"
+                )
+    if not found:
+        raise HazardError(
+            f"read of {slot.buffer}[{slot.slot}] by {_name(program, unit, stamp)} before anything "
+            f"wrote it (region {slot}): load or compute it first"
+        )
+    for index, (old, reader, _) in enumerate(reads):
+        if reader == unit and old == region:  # a later read of the same region supersedes
+            reads[index] = (region, unit, stamp)
+            return
+    reads.append((region, unit, stamp))
+
+
+def _check_write(accesses, key, region, slot, unit, stamp, clock, program) -> None:
+    """A write must happen after every overlapping write and read on other units.
+
+    Accesses the write covers are dropped: anything later that overlaps them overlaps this
+    write too and must happen after it, hence (transitively) after them.
+    """
+    writes, reads = accesses[key]
+    kept_reads = []
+    for access in reads:
+        old, reader, read = access
+        same = old == region
+        if same or _overlaps(old, region):
+            if reader != unit and clock[reader] < read:
+                raise HazardError(
+                    f"write of {slot.buffer}[{slot.slot}] by {_name(program, unit, stamp)} "
+                    f"while {_name(program, reader, read)} may still read it (region {slot}): "
+                    f"wait for a token from the {UNITS[reader]} unit"
+                )
+            if same or _covers(region, old):
+                continue
+        kept_reads.append(access)
+    kept_writes = []
+    for access in writes:
+        old, writer, written = access
+        same = old == region
+        if same or _overlaps(old, region):
+            if writer != unit and clock[writer] < written:
+                raise HazardError(
+                    f"write of {slot.buffer}[{slot.slot}] by {_name(program, unit, stamp)} while "
+                    f"{_name(program, writer, written)} may still write it (region {slot}): "
+                    f"wait for a token from the {UNITS[writer]} unit"
+                )
+            if same or _covers(region, old):
+                continue
+        kept_writes.append(access)
+    kept_writes.append((region, unit, stamp))
+    accesses[key] = (kept_writes, kept_reads)
+
+
+def _deadlock_message(program: Program, steps, pcs, queues) -> str:
+    lines = ["deadlock: every unfinished unit waits on an empty token queue"]
+    for unit, name in enumerate(UNITS):
+        if pcs[unit] == len(steps[unit]):
+            lines.append(f"  {name}: finished")
+            continue
+        inst = program.streams[name][pcs[unit]]
+        empty = [
+            f"{UNITS[q // _NUM_UNITS]}->{name}"
+            for q, need in steps[unit][pcs[unit]][1]
+            if len(queues[q]) < need
+        ]
+        ops = ", ".join(f"{k}={v}" for k, v in inst.operands().items() if v is not None)
+        lines.append(
+            f"  {name}#{pcs[unit]} {inst.opcode} {ops}  ; {inst.flags()}: blocked on empty "
+            f"queue {' and '.join(empty)}"
+        )
+    lines.append("a signal is missing upstream, or a wait has no matching signal")
+    return "\n".join(lines)
+
+
+# -- functional semantics: the ISA's meaning on numpy arrays --------------------------------
+
+
+class _Functional:
+    """On-chip buffers (slots, *slot shape) and DRAM tensors as numpy arrays."""
+
+    def __init__(self, program: Program, tensors: dict[str, np.ndarray] | None) -> None:
+        tensors = dict(tensors or {})
+        unknown = sorted(set(tensors) - set(program.tensors))
+        if unknown:
+            raise ProgramError(
+                f"tensors {unknown} are not in the program; it uses {sorted(program.tensors)}"
+            )
+        self.dram: dict[str, np.ndarray] = {}
+        for name, shape in program.tensors.items():
+            if name in tensors:
+                array = np.asarray(tensors[name])
+                if array.shape != tuple(shape):
+                    raise ProgramError(
+                        f"tensor {name!r} has shape {list(array.shape)}, the program expects "
+                        f"{list(shape)}"
+                    )
+                self.dram[name] = array.astype(program.dtype, copy=True)
+            else:
+                self.dram[name] = np.zeros(shape, dtype=program.dtype)
+        self.chip = {
+            name: np.zeros((decl.slots, *decl.shape), dtype=decl.dtype)
+            for name, decl in program.buffers.items()
+        }
+
+    def view(self, operand: Slot) -> np.ndarray:
+        return self.chip[operand.buffer][operand.slot][_slices(operand.region)]
+
+    def execute(self, inst) -> None:
+        if isinstance(inst, Conv):
+            self.view(inst.acc)[...] = _conv2d(
+                self.view(inst.inp), self.view(inst.wgt), inst.stride
+            )
+        elif isinstance(inst, Add):
+            total = self.view(inst.acc).astype(np.float64) + self.view(inst.res)
+            if inst.bias is not None:
+                total += self.view(inst.bias)
+            if inst.relu:
+                np.maximum(total, 0, out=total)
+            self.view(inst.out)[...] = total
+        elif isinstance(inst, Load):
+            self._load(self.view(inst.dst), inst.src)
+        elif isinstance(inst, Store):
+            self.dram[inst.dst.tensor][_slices(inst.dst.region)] = self.view(inst.src)
+
+    def _load(self, dst: np.ndarray, src: Dram) -> None:
+        """Copy the part of `src` inside the tensor; the rest is padding and reads as zero."""
+        tensor = self.dram[src.tensor]
+        inside, target = [], []
+        for (start, extent), dim in zip(src.region, tensor.shape):
+            low, high = max(start, 0), min(start + extent, dim)
+            if high <= low:
+                dst[...] = 0
+                return
+            inside.append(slice(low, high))
+            target.append(slice(low - start, high - start))
+        if tuple(target) != tuple(slice(0, e) for e in dst.shape):
+            dst[...] = 0
+        dst[tuple(target)] = tensor[tuple(inside)]
+
+
+def _slices(region) -> tuple[slice, ...]:
+    return tuple(slice(start, start + extent) for start, extent in region)
+
+
+def _conv2d(inp: np.ndarray, wgt: np.ndarray, stride: tuple[int, int]) -> np.ndarray:
+    """Unpadded NCHW x OIHW conv, one einsum per kernel tap with float64 accumulation."""
+    _, _, height, width = inp.shape
+    _, _, kernel_h, kernel_w = wgt.shape
+    stride_h, stride_w = stride
+    out_h = (height - kernel_h) // stride_h + 1
+    out_w = (width - kernel_w) // stride_w + 1
+    out = np.zeros((inp.shape[0], wgt.shape[0], out_h, out_w))
+    for ry in range(kernel_h):
+        for rx in range(kernel_w):
+            window = inp[
+                :,
+                :,
+                ry : ry + (out_h - 1) * stride_h + 1 : stride_h,
+                rx : rx + (out_w - 1) * stride_w + 1 : stride_w,
+            ]
+            out += np.einsum("nchw,kc->nkhw", window, wgt[:, :, ry, rx], optimize=True)
+    return out

@@ -1,0 +1,301 @@
+"""The simulator: numpy semantics, exact A + B/N timing, deadlocks, hazards, overflow."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tests.handmade_programs import (
+    ConvAddShape,
+    random_tensors,
+    reference_convadd,
+    tiled_convadd_program,
+    with_instruction,
+)
+from tvm_convadd.errors import BufferOverflowError, DeadlockError, HazardError, ProgramError
+from tvm_convadd.target.hardware import HardwareConfig, load_config
+from tvm_convadd.target.isa import UNITS, Program, Slot
+from tvm_convadd.target.simulator import SimResult, simulate
+
+SHAPES = [
+    ConvAddShape(batch=1, in_channels=3, height=9, width=7, out_channels=5, kernel=3),
+    ConvAddShape(batch=2, in_channels=4, height=8, width=8, out_channels=3, kernel=3, stride=2),
+    ConvAddShape(in_channels=6, height=7, width=5, out_channels=4, kernel=1, padding=0),
+    ConvAddShape(in_channels=2, height=10, width=6, out_channels=2, kernel=1, stride=2, padding=0),
+    ConvAddShape(in_channels=3, height=6, width=6, out_channels=4, kernel=3, padding=0, bias=False),
+    ConvAddShape(in_channels=3, height=11, width=9, out_channels=8, stride=2, relu=True),
+]
+# 16x16 output, 16 -> 16 channels, 3x3: A = 2304 and B = 256 cycles on `ideal`, both divisible
+# by every N in {1, 2, 4, 8} and B < A (conv-dominated).
+EXACT = ConvAddShape()
+
+
+@pytest.fixture(scope="module")
+def ideal() -> HardwareConfig:
+    return load_config("ideal")
+
+
+@pytest.fixture(scope="module")
+def default() -> HardwareConfig:
+    return load_config("default")
+
+
+def _check_output(shape: ConvAddShape, program: Program, hardware: HardwareConfig, seed=0):
+    tensors = random_tensors(shape, seed)
+    result = simulate(program, hardware, tensors)
+    expected = reference_convadd(shape, tensors)
+    np.testing.assert_allclose(result.outputs["output"], expected, rtol=1e-5, atol=1e-5)
+    for name, array in tensors.items():  # inputs are untouched, also the caller's arrays
+        np.testing.assert_array_equal(result.outputs[name], array)
+    return result
+
+
+@pytest.mark.parametrize("slots", [1, 2])
+@pytest.mark.parametrize("tiles", [1, 2, 3])
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: f"k{s.kernel}s{s.stride}p{s.padding}")
+def test_functional_output_matches_numpy(shape, tiles, slots, default):
+    _check_output(shape, tiled_convadd_program(shape, tiles, slots), default)
+
+
+@pytest.mark.parametrize("tiles", [1, 2, 4, 8])
+def test_ping_pong_on_ideal_takes_exactly_a_plus_b_over_n(tiles, ideal):
+    conv_total = EXACT.macs // ideal.macs_per_cycle
+    add_total = EXACT.out_elements // ideal.add_lanes
+    assert (conv_total, add_total) == (2304, 256)
+    pipelined = simulate(tiled_convadd_program(EXACT, tiles, slots=2), ideal, functional=False)
+    assert pipelined.total_cycles == conv_total + add_total // tiles
+    serial = simulate(tiled_convadd_program(EXACT, tiles, slots=1), ideal, functional=False)
+    assert serial.total_cycles == conv_total + add_total
+    for result in (pipelined, serial):
+        assert result.units["conv"].busy_cycles == conv_total
+        assert result.units["add"].busy_cycles == add_total
+        assert result.units["load"].busy_cycles == result.units["store"].busy_cycles == 0
+
+
+def test_timing_only_matches_functional(default):
+    shape = SHAPES[1]
+    program = tiled_convadd_program(shape, tiles=3)
+    functional = simulate(program, default, random_tensors(shape))
+    timing = simulate(program, default, functional=False)
+    assert timing.outputs is None
+    assert timing.total_cycles == functional.total_cycles
+    assert timing.events == functional.events
+    assert timing.units == functional.units
+
+
+@pytest.mark.parametrize("slots", [1, 2])
+def test_busy_cycles_events_and_utilization_add_up(slots, default):
+    program = tiled_convadd_program(SHAPES[0], tiles=3, slots=slots)
+    result = simulate(program, default, functional=False)
+    assert isinstance(result, SimResult) and result.hardware == "default"
+    assert len(result.events) == program.num_instructions
+    assert result.total_cycles == max(event.end for event in result.events)
+    assert result.leftover_tokens == {}
+    for unit in UNITS:
+        stream = program.streams[unit]
+        events = [e for e in result.events if e.unit == unit]
+        stats = result.units[unit]
+        assert [e.index for e in events] == list(range(len(stream)))
+        assert [e.opcode for e in events] == [inst.opcode for inst in stream]
+        costs = [default.instruction_cycles(inst, program) for inst in stream]
+        assert [e.end - e.start for e in events] == costs
+        assert stats.busy_cycles == sum(costs)
+        assert stats.instructions == len(stream)
+        assert stats.utilization == pytest.approx(sum(costs) / result.total_cycles)
+        assert all(a.end <= b.start for a, b in itertools.pairwise(events))  # in order, no overlap
+    assert "cycles on default" in result.summary()
+
+
+def test_pipelining_pays_on_the_default_machine(default):
+    shape = ConvAddShape(in_channels=32, out_channels=64, height=32, width=32)
+    serial = simulate(tiled_convadd_program(shape, 8, slots=1), default, functional=False)
+    pipelined = simulate(tiled_convadd_program(shape, 8, slots=2), default, functional=False)
+    assert pipelined.total_cycles < serial.total_cycles
+
+
+def test_json_round_trip_simulates_identically(default):
+    program = tiled_convadd_program(SHAPES[5], tiles=4)
+    again = Program.from_json(program.to_json())
+    assert simulate(again, default, functional=False) == simulate(
+        program, default, functional=False
+    )
+
+
+def test_missing_signal_deadlocks_and_names_the_blocked_units(ideal):
+    program = tiled_convadd_program(EXACT, tiles=4)
+    broken = with_instruction(program, "conv", 1, signal=("load",))  # drops conv -> add
+    with pytest.raises(DeadlockError) as info:
+        simulate(broken, ideal, functional=False)
+    message = str(info.value)
+    assert "add#3 ADD acc=acc[1]" in message and "queue conv->add" in message
+    assert "store#3 STORE" in message and "queue add->store" in message
+    assert "load: finished" in message and "conv: finished" in message
+
+
+def test_swapped_ping_pong_slot_is_a_hazard(ideal):
+    program = tiled_convadd_program(EXACT, tiles=4)
+    add = program.streams["add"][1]
+    swapped = Slot("acc", 0, add.acc.region)
+    broken = with_instruction(program, "add", 1, acc=swapped)
+    with pytest.raises(HazardError, match=r"acc\[0\] by .*(ADD add#1|CONV conv#2)"):
+        simulate(broken, ideal, functional=False)
+    first = with_instruction(program, "add", 0, acc=Slot("acc", 1, add.acc.region))
+    with pytest.raises(HazardError, match=r"acc\[1\]"):
+        simulate(first, ideal, tensors=random_tensors(EXACT))
+
+
+def test_removed_wait_is_a_hazard(ideal):
+    program = tiled_convadd_program(EXACT, tiles=4)
+    broken = with_instruction(program, "add", 2, wait=("load", "store"))  # no wait on conv
+    with pytest.raises(HazardError, match=r"acc\[0\].*(ADD add#2|CONV conv#2)") as info:
+        simulate(broken, ideal, functional=False)
+    assert "wait" in str(info.value)
+    war = with_instruction(program, "conv", 2, wait=("load",))  # reuses acc[0] unasked
+    with pytest.raises(HazardError, match=r"write of acc\[0\] by CONV conv#2 while ADD add#0"):
+        simulate(war, ideal, functional=False)
+
+
+def test_read_of_a_never_written_slot_is_a_hazard(ideal):
+    program = tiled_convadd_program(EXACT, tiles=2)
+    load = program.streams["load"]
+    assert load[1].dst.buffer == "bias"
+    streams = {**program.streams, "load": (load[0], *load[2:])}
+    broken = Program(streams, program.buffers, program.tensors)
+    with pytest.raises(HazardError, match=r"read of bias\[0\] by ADD add#0 before anything"):
+        simulate(broken, ideal, functional=False)
+
+
+def test_distinct_regions_of_one_slot_do_not_conflict(ideal):
+    """Two tiles in disjoint halves of a single-slot accumulator: no tokens needed between them."""
+    program = tiled_convadd_program(EXACT, tiles=1)
+    conv, add = program.streams["conv"][0], program.streams["add"][0]
+    assert conv.acc.region[2] == (0, 16)
+    # Writing the lower half while the add reads the upper half would be fine, so a CONV
+    # limited to rows 8.. after the ADD (no token from it) races only with overlapping reads.
+    late = dataclasses.replace(
+        conv,
+        inp=Slot("inp", 0, (*conv.inp.region[:2], (8, 10), conv.inp.region[3])),
+        acc=Slot("acc", 0, (*conv.acc.region[:2], (8, 8), conv.acc.region[3])),
+        wait=(),
+        signal=(),
+    )
+    streams = {**program.streams, "conv": (conv, late)}
+    racing = Program(streams, program.buffers, program.tensors)
+    with pytest.raises(
+        HazardError, match=r"acc\[0\] by (CONV conv#1 while ADD add#0|ADD add#0 be)"
+    ):
+        simulate(racing, ideal, functional=False)
+    add_top = dataclasses.replace(
+        add,
+        acc=Slot("acc", 0, (*add.acc.region[:2], (0, 8), add.acc.region[3])),
+        res=Slot("res", 0, (*add.res.region[:2], (0, 8), add.res.region[3])),
+        out=Slot("out", 0, (*add.out.region[:2], (0, 8), add.out.region[3])),
+    )
+    store = program.streams["store"][0]
+    store_top = dataclasses.replace(
+        store,
+        src=add_top.out,
+        dst=dataclasses.replace(store.dst, region=(*store.dst.region[:2], (0, 8), (0, 16))),
+    )
+    streams = {**program.streams, "conv": (conv, late), "add": (add_top,), "store": (store_top,)}
+    disjoint = simulate(Program(streams, program.buffers, program.tensors), ideal, functional=False)
+    assert disjoint.units["conv"].instructions == 2
+
+
+def test_overflow_names_buffer_and_bytes(default):
+    program = tiled_convadd_program(EXACT, tiles=2)
+    need = 2 * 4 * 16 * 8 * 16
+    tiny = HardwareConfig.from_dict(
+        {**default.to_dict(), "buffer_bytes": {**default.buffer_bytes, "acc": need - 1}}
+    )
+    with pytest.raises(BufferOverflowError, match=rf"'acc' needs {need} bytes .* has {need - 1}"):
+        simulate(program, tiny, functional=False)
+    fits = HardwareConfig.from_dict(
+        {**default.to_dict(), "buffer_bytes": {**default.buffer_bytes, "acc": need}}
+    )
+    assert simulate(program, fits, functional=False).total_cycles > 0
+
+
+def test_malformed_operands_are_refused(default):
+    program = tiled_convadd_program(SHAPES[0], tiles=2)
+    conv = program.streams["conv"][0]
+    (n, c, h, w) = conv.acc.region
+    wrong = with_instruction(program, "conv", 0, acc=Slot("acc", 0, (n, c, (0, h[1] - 1), w)))
+    with pytest.raises(ProgramError, match=r"conv#0 CONV: acc region .* is not the conv output"):
+        simulate(wrong, default, functional=False)
+    (k, _, r, s) = conv.wgt.region
+    narrow = with_instruction(program, "conv", 0, wgt=Slot("wgt", 0, (k, (0, 2), r, s)))
+    with pytest.raises(ProgramError, match=r"weight region has 2 input channels, input region 3"):
+        simulate(narrow, default, functional=False)
+    store = program.streams["store"][0]
+    short = dataclasses.replace(store.dst, region=(*store.dst.region[:3], (0, 1)))
+    with pytest.raises(ProgramError, match=r"store#0 STORE: operand shapes differ"):
+        simulate(with_instruction(program, "store", 0, dst=short), default, functional=False)
+    add = program.streams["add"][0]
+    bias = Slot("bias", 0, ((0, 1), (0, 1), (0, 1), (0, 1)))
+    with pytest.raises(ProgramError, match=r"add#0 ADD: bias region \(1, 1, 1, 1\) must be"):
+        simulate(with_instruction(program, "add", 0, bias=bias), default, functional=False)
+    assert add.bias is not None
+
+
+def test_bad_tensors_are_refused(default):
+    shape = SHAPES[0]
+    program = tiled_convadd_program(shape, tiles=2)
+    tensors = random_tensors(shape)
+    with pytest.raises(
+        ProgramError, match=r"tensor 'data' has shape \[3, 9, 7\], the program expects"
+    ):
+        simulate(program, default, {**tensors, "data": tensors["data"][0]})
+    with pytest.raises(ProgramError, match=r"tensors \['extra'\] are not in the program"):
+        simulate(program, default, {**tensors, "extra": tensors["data"]})
+    half = HardwareConfig.from_dict({**default.to_dict(), "dtype": "float16"})
+    with pytest.raises(ProgramError, match="program computes in float32"):
+        simulate(program, half)
+
+
+def test_unconsumed_tokens_are_reported(ideal):
+    program = tiled_convadd_program(EXACT, tiles=2)
+    chatty = with_instruction(program, "store", 1, signal=("add",))
+    result = simulate(chatty, ideal, functional=False)
+    assert result.leftover_tokens == {"store->add": 1}
+
+
+def test_empty_program_takes_no_time(ideal):
+    result = simulate(Program({}, {}, {}), ideal)
+    assert result.total_cycles == 0 and result.events == () and result.outputs == {}
+
+
+@st.composite
+def _cases(draw):
+    kernel = draw(st.sampled_from([1, 3]))
+    padding = draw(st.integers(0, kernel // 2))
+    stride = draw(st.integers(1, 2))
+    height = draw(st.integers(max(1, kernel - 2 * padding), 9))
+    width = draw(st.integers(max(1, kernel - 2 * padding), 6))
+    shape = ConvAddShape(
+        batch=draw(st.integers(1, 2)),
+        in_channels=draw(st.integers(1, 4)),
+        height=height,
+        width=width,
+        out_channels=draw(st.integers(1, 4)),
+        kernel=kernel,
+        stride=stride,
+        padding=padding,
+        bias=draw(st.booleans()),
+        relu=draw(st.booleans()),
+    )
+    tiles = draw(st.integers(1, shape.out_height))
+    return shape, tiles, draw(st.sampled_from([1, 2])), draw(st.integers(0, 2**16))
+
+
+@settings(max_examples=25, deadline=None)
+@given(_cases())
+def test_random_shapes_and_tile_counts_match_numpy(case):
+    shape, tiles, slots, seed = case
+    program = tiled_convadd_program(shape, tiles, slots)
+    _check_output(shape, program, load_config("default"), seed)
