@@ -3,10 +3,12 @@
 Importing the package registers the `convadd-*` target tags with TVM.
 """
 
+from tvm_convadd.build import build, build_reference
 from tvm_convadd.errors import ConvAddError
+from tvm_convadd.report import network_report
 from tvm_convadd.schedules.tile_config import TileConfig
 from tvm_convadd.schedules.workload import Workload
 from tvm_convadd.target import registry as _registry
 
-__all__ = ["ConvAddError", "TileConfig", "Workload"]
+__all__ = ["ConvAddError", "TileConfig", "Workload", "build", "build_reference", "network_report"]
 _registry.register_targets()

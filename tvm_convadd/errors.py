@@ -6,7 +6,7 @@ class ConvAddError(ValueError):
 
 
 class UnsupportedWorkloadError(ConvAddError):
-    """A conv2d (or function) the accelerator cannot take: layout, groups, dilation, dtype, shape."""
+    """A conv2d or function the accelerator cannot take: layout, groups, dilation, dtype, shape."""
 
 
 class TileConfigError(ConvAddError):
