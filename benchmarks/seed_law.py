@@ -57,21 +57,23 @@ def simulated(workload: Workload, config: TileConfig, hardware) -> int | None:
 
 def law_table(name: str, workload: Workload, hardware, quick: bool) -> list[dict]:
     conv, add = whole_layer(workload, hardware)
+    axis = tiled_axis(workload, hardware)
     rows = []
-    for n_tiles in tile_counts(workload.out_height, quick):
-        law = conv + add / n_tiles
-        cycles = simulated(workload, TileConfig(n_tiles, "height", "software"), hardware)
-        serial = simulated(workload, TileConfig(n_tiles, "height", "none"), hardware)
+    for n_tiles in tile_counts(TileConfig(1, axis).axis_extent(workload), quick):
+        config = TileConfig(n_tiles, axis, "software")
+        tiles = config.effective_tiles(workload)
         rows.append(
             dict(
                 layer=name,
                 hw=hardware.name,
+                axis=axis,
                 n=n_tiles,
+                tiles=tiles,
                 a=conv,
                 b=add,
-                law=law,
-                sim=cycles,
-                serial=serial,
+                law=conv + add / tiles,
+                sim=simulated(workload, config, hardware),
+                serial=simulated(workload, TileConfig(n_tiles, axis, "none"), hardware),
             )
         )
     return rows
@@ -150,6 +152,22 @@ def plot(all_rows: list[dict], path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
+def timelines(directory: Path) -> list[Path]:
+    """Gantt charts of one layer, serial then pipelined: the seed's picture of Conv and Add."""
+    from tvm_convadd.target.trace import plot_gantt
+
+    hardware = load_config("default")
+    workload = Workload(1, 128, 28, 28, 512, 1, 1, bias=True, relu=True)
+    paths = []
+    for pipeline in ("none", "software"):
+        config = TileConfig(7, "height", pipeline)
+        result = simulate(lower_to_program(workload, config, hardware), hardware, functional=False)
+        path = directory / f"timeline_{pipeline}.png"
+        plot_gantt(result, path, title=f"{workload} {config}: {result.total_cycles} cycles")
+        paths.append(path)
+    return paths
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer tile counts")
@@ -167,6 +185,8 @@ def main() -> None:
     )
     plot(all_rows, Path(args.plot))
     print(f"plot: {args.plot}")
+    for path in timelines(Path(args.plot).parent):
+        print(f"timeline: {path}")
 
 
 if __name__ == "__main__":

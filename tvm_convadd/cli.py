@@ -30,7 +30,7 @@ def _load_model(args) -> tuple:
         mod, params = from_onnx(args.model)
     else:
         mod, params = networks.get_network(args.model, image_size=args.image_size, width=args.width)
-    shape = [int(d) for d in mod["main"].params[0].struct_info.shape]
+    shape = [int(d) for d in mod["main"].params[0].ty.shape.values]
     return mod, params, shape
 
 
@@ -59,7 +59,7 @@ def cmd_run(args) -> int:
     )
     compiled = time.perf_counter() - started
     steps.update()
-    steps.set_postfix_str(f"running ({net.num_offloaded} layers on the simulator)")
+    steps.set_postfix_str(f"running ({net.num_offloaded} fused kernels on the simulator)")
     image = np.random.default_rng(0).standard_normal(shape).astype("float32")
     started = time.perf_counter()
     out = net.run(image)
