@@ -1,10 +1,10 @@
 """`tvm_convadd.build`: the whole compile in one ordered pass list, and the module it returns.
 
-    graph clean-up (BindParams, FoldBatchnormToConv2D, FoldConstant)
-    PartitionConvAdd            conv2d (+bias) + add (+relu) -> functions for codegen "convadd"
-    UniqueOffloadSymbols        one symbol per build, so two builds never share a kernel
-    RunCodegen                  relax.ext.convadd: schedule -> Program -> packed function
-    tvm.compile(..., "llvm")    everything else runs on the CPU through the Relax VM
+graph clean-up (BindParams, FoldBatchnormToConv2D, FoldConstant)
+PartitionConvAdd            conv2d (+bias) + add (+relu) -> functions for codegen "convadd"
+UniqueOffloadSymbols        one symbol per build, so two builds never share a kernel
+RunCodegen                  relax.ext.convadd: schedule -> Program -> packed function
+tvm.compile(..., "llvm")    everything else runs on the CPU through the Relax VM
 """
 
 from __future__ import annotations

@@ -93,8 +93,7 @@ class OffloadSession:
         def run(*args):
             *inputs, out = args
             tensors = {
-                ROLE_TO_TENSOR[role]: _to_numpy(arg)
-                for role, arg in zip(layer.roles, inputs)
+                ROLE_TO_TENSOR[role]: _to_numpy(arg) for role, arg in zip(layer.roles, inputs)
             }
             if "bias" in tensors:
                 tensors["bias"] = tensors["bias"].reshape(layer.workload.bias_shape)

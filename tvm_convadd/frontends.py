@@ -44,9 +44,7 @@ def from_torch(module, example_inputs: tuple) -> tuple[tvm.IRModule, None]:
     try:
         import torch
     except ImportError as err:
-        raise ConvAddError(
-            "PyTorch import needs torch: pip install 'tvm-convadd[torch]'"
-        ) from err
+        raise ConvAddError("PyTorch import needs torch: pip install 'tvm-convadd[torch]'") from err
     from tvm.relax.frontend.torch import from_exported_program
 
     exported = torch.export.export(module.eval(), example_inputs)

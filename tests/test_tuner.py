@@ -1,0 +1,92 @@
+"""Tuner: MetaSchedule + XGBoost finds the exhaustive optimum; interrupted runs resume."""
+
+from __future__ import annotations
+
+import pytest
+
+from tvm_convadd import records, tuner
+from tvm_convadd.schedules.tile_config import TileConfig
+from tvm_convadd.schedules.workload import Workload
+from tvm_convadd.target.registry import hardware_for_target
+
+# small space (63 configs) whose optimum (N=3, vthread) is not the heuristic's pick
+WL = Workload(1, 16, 8, 8, 32, 1, 1, bias=True, relu=True)
+TARGET = "convadd-sim-slow-add"
+
+
+class Interrupt(Exception):
+    """Stands in for Ctrl-C in the middle of a tuning run."""
+
+
+@pytest.fixture(scope="module")
+def optimum() -> int:
+    return min(cycles for _, cycles in tuner.exhaustive(WL, hardware_for_target(TARGET)))
+
+
+def test_candidate_module_carries_workload_and_choice():
+    mod = tuner.tuning_module(WL)
+    assert tuner.workload_of(mod) == WL
+    from tvm import s_tir
+
+    sch = s_tir.Schedule(mod)
+    tuner.sample_config(sch)
+    assert isinstance(tuner.config_of(sch.mod), TileConfig)
+
+
+def test_tuning_finds_the_exhaustive_optimum(tmp_path, optimum):
+    result = tuner.tune_workload(WL, TARGET, trials=32, records_dir=tmp_path, progress=False)
+    assert result.best_cycles == optimum
+    assert result.measured == len(records.load_records(result.records_path)[0])
+    assert records.find_best(WL, TARGET, [tmp_path]) == result.best
+    assert len(result.trials) <= 32
+
+
+def test_interrupted_run_resumes_without_losing_records(tmp_path, optimum):
+    seen: list[TileConfig] = []
+
+    def interrupt_after_five(config: TileConfig, _cycles: int) -> None:
+        seen.append(config)
+        if len(seen) == 5:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        tuner.tune_workload(
+            WL,
+            TARGET,
+            trials=16,
+            records_dir=tmp_path,
+            progress=False,
+            on_measure=interrupt_after_five,
+        )
+    kept, problems = records.load_records(tmp_path / records.RECORDS_FILE)
+    assert [r.config for r in kept] == seen and problems == []
+
+    remeasured: list[TileConfig] = []
+    result = tuner.tune_workload(
+        WL,
+        TARGET,
+        trials=16,
+        records_dir=tmp_path,
+        progress=False,
+        on_measure=lambda config, _: remeasured.append(config),
+    )
+    assert result.reused == 5
+    assert not set(remeasured) & set(seen)  # earlier records are served, never re-simulated
+    after, _ = records.load_records(tmp_path / records.RECORDS_FILE)
+    assert after[:5] == kept and len(after) == 5 + result.measured <= 16
+
+
+def test_exhausted_budget_measures_nothing(tmp_path):
+    first = tuner.tune_workload(WL, TARGET, trials=8, records_dir=tmp_path, progress=False)
+    again = tuner.tune_workload(
+        WL, TARGET, trials=first.measured, records_dir=tmp_path, progress=False
+    )
+    assert again.measured == 0 and again.trials == () and again.best_cycles == first.best_cycles
+
+
+def test_random_search_counts_misfits_as_trials():
+    hardware = hardware_for_target("convadd-sim")
+    wl = Workload(1, 64, 56, 56, 256, 1, 1)
+    table = {TileConfig(56, "height", "software"): 1}
+    trials = tuner.random_search(wl, hardware, 10, seed=1, measure=table.get)
+    assert len(trials) == 10 and len({cfg for cfg, _ in trials}) == 10
