@@ -106,16 +106,30 @@ def cmd_targets(_args) -> int:
 
 
 def cmd_tune(args) -> int:
-    from tvm_convadd.tuner import tune_network
+    from tvm_convadd.partition import PartitionConvAdd, fused_functions, prepare
+    from tvm_convadd.tuner import tune_workloads
 
-    tune_network(
-        args.model,
-        target=args.target,
-        trials=args.trials,
-        records_dir=args.records_dir,
-        image_size=args.image_size,
-        width=args.width,
+    mod, params, _ = _load_model(args)
+    fused = fused_functions(PartitionConvAdd()(prepare(mod, params)))
+    workloads = list(dict.fromkeys(f.workload for f in fused.values()))
+    if not workloads:
+        print(f"nothing to tune: {args.model} has no conv2d + add the accelerator can take")
+        return 0
+    print(
+        f"tuning {len(workloads)} distinct fused conv+add layers of {args.model} "
+        f"for {args.target}, {args.trials} trials each, records in {args.records_dir}"
     )
+    results = tune_workloads(
+        workloads, target=args.target, trials=args.trials, records_dir=args.records_dir
+    )
+    print(f"\n{'layer':<60} {'best config':<36} {'cycles':>9} {'measured':>8} {'reused':>6}")
+    for result in results:
+        best = str(result.best) if result.best is not None else "none fits"
+        cycles = result.best_cycles if result.best_cycles is not None else "-"
+        print(
+            f"{result.workload!s:<60} {best:<36} {cycles:>9} {result.measured:>8} "
+            f"{result.reused:>6}"
+        )
     return 0
 
 
