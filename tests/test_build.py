@@ -198,3 +198,11 @@ def test_executable_runs_in_a_plain_virtual_machine():
     x = image((1, 3, 32, 32))
     out = vm["main"](tvm.runtime.tensor(x)).numpy()
     assert_close(out, net.run(x))
+
+
+def test_tile_count_that_does_not_fit_names_the_fix():
+    from tvm_convadd.errors import BufferOverflowError
+
+    mod, params = get_network("resnet50", image_size=224, width=0.25)
+    with pytest.raises(BufferOverflowError, match=r"use at least \d+ tiles along height"):
+        build(mod, "convadd-sim", params, tiles=1, functional=False)

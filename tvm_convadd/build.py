@@ -81,12 +81,18 @@ def build(
     """Compile a Relax module: fused conv+add on the `target` accelerator, the rest on llvm.
 
     `tiles="auto"` takes the best tuning record (from `records`, then the shipped ones) or the
-    analytic heuristic; an integer applies that tile count (clamped to each layer's axis).
+    analytic heuristic; "heuristic" skips the records; an integer applies that tile count
+    (clamped to each layer's axis).
     `functional=False` simulates timing only (the outputs are then not computed)."""
     options = CodegenOptions(target, tiles, axis, pipeline, tuple(records), functional)
     session_id, session = new_session(options)
     mod = prepare(mod, params)
-    mod = tvm.transform.Sequential(offload_passes(session_id))(mod)
+    try:
+        mod = tvm.transform.Sequential(offload_passes(session_id))(mod)
+    except Exception:
+        if session.error is not None:  # our own error, with its type, from inside RunCodegen
+            raise session.error from None
+        raise
     executable = tvm.compile(mod, target="llvm")
     return OffloadedModule(executable, session)
 

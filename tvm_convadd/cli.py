@@ -13,10 +13,12 @@ from tvm_convadd.errors import ConvAddError
 
 
 def _tiles(value: str) -> str | int:
-    if value == "auto":
+    if value in ("auto", "heuristic"):
         return value
     if not value.isdigit() or int(value) < 1:
-        raise argparse.ArgumentTypeError(f"--tiles {value!r}: use 'auto' or an integer >= 1")
+        raise argparse.ArgumentTypeError(
+            f"--tiles {value!r}: use 'auto', 'heuristic' or an integer >= 1"
+        )
     return int(value)
 
 
@@ -152,7 +154,12 @@ def parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="compile a network for the accelerator and run it")
     _model_args(run)
-    run.add_argument("--tiles", type=_tiles, default="auto", help="auto (records/heuristic) or N")
+    run.add_argument(
+        "--tiles",
+        type=_tiles,
+        default="auto",
+        help="auto (records, else heuristic), heuristic, or N",
+    )
     run.add_argument("--axis", default="height", choices=["height", "width", "channel"])
     run.add_argument("--pipeline", default="software", choices=["none", "software", "vthread"])
     run.add_argument("--records", action="append", default=[], help="a tuning records directory")

@@ -31,7 +31,8 @@ ROLE_TO_TENSOR = {"data": "data", "weight": "weight", "bias": "bias", "residual"
 
 @dataclass(frozen=True)
 class CodegenOptions:
-    """How to compile the fused functions: `tiles` is "auto" or a tile count for every layer."""
+    """How to compile the fused functions. `tiles`: "auto" (best tuning record, else the
+    heuristic), "heuristic" (ignore records), or one tile count for every layer."""
 
     target: str = "convadd-sim"
     tiles: str | int = "auto"
@@ -41,8 +42,11 @@ class CodegenOptions:
     functional: bool = True
 
     def __post_init__(self) -> None:
-        if self.tiles != "auto" and (not str(self.tiles).isdigit() or int(self.tiles) < 1):
-            raise ConvAddError(f"tiles {self.tiles!r}: use 'auto' or a tile count >= 1")
+        named = self.tiles in ("auto", "heuristic")
+        if not named and (not str(self.tiles).isdigit() or int(self.tiles) < 1):
+            raise ConvAddError(
+                f"tiles {self.tiles!r}: use 'auto', 'heuristic' or a tile count >= 1"
+            )
         TileConfig(1, self.axis, self.pipeline)  # validates axis and pipeline names
 
 
@@ -73,6 +77,7 @@ class OffloadSession:
     hardware: HardwareConfig
     layers: dict[str, OffloadedLayer] = field(default_factory=dict)
     runs: list[LayerRun] = field(default_factory=list)
+    error: ConvAddError | None = None  # raised in the codegen; the FFI would lose its type
 
     def compile_function(self, func: tvm.relax.Function) -> OffloadedLayer:
         fused = describe(func)
@@ -119,16 +124,17 @@ def choose_config(
     workload: Workload, hardware: HardwareConfig, options: CodegenOptions
 ) -> tuple[TileConfig, str]:
     """The user's tile count, else the best tuning record, else the analytic heuristic."""
-    if options.tiles != "auto":
+    if options.tiles not in ("auto", "heuristic"):
         extent = TileConfig(1, options.axis).axis_extent(workload)
         n_tiles = min(int(options.tiles), extent)
         return TileConfig(n_tiles, options.axis, options.pipeline), "user"
     from tvm_convadd.heuristic import default_config
     from tvm_convadd.records import find_best
 
-    best = find_best(workload, options.target, list(options.records))
-    if best is not None:
-        return best, "records"
+    if options.tiles == "auto":
+        best = find_best(workload, options.target, list(options.records))
+        if best is not None:
+            return best, "records"
     return default_config(workload, hardware), "heuristic"
 
 
@@ -154,6 +160,10 @@ def _codegen(functions, options, constant_names):
         )
     session = _SESSIONS[session_id]
     for func in functions:
-        layer = session.compile_function(func)
+        try:
+            layer = session.compile_function(func)
+        except ConvAddError as err:
+            session.error = err
+            raise
         tvm.register_global_func(layer.symbol, session.packed_function(layer), override=True)
     return []
