@@ -16,6 +16,7 @@ import math
 import multiprocessing
 import os
 import random
+import shutil
 import tempfile
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -527,6 +528,7 @@ def _run_metaschedule(
         session.progress.close()
         if session.pool is not None:
             session.pool.shutdown(wait=True, cancel_futures=True)
+        shutil.rmtree(session.artifacts, ignore_errors=True)  # the build artifacts' scratch
 
 
 def _pool(max_workers: int) -> ProcessPoolExecutor:
