@@ -62,11 +62,11 @@ def schedule_convadd(workload: Workload, config: TileConfig) -> s_tir.Schedule:
 
 def _add_cache_stages(sch: s_tir.Schedule, workload: Workload) -> list[Stage]:
     """Give every operand an on-chip buffer: cache-read each input, cache-write the output."""
-    wgt = sch.cache_read(CONV, "weight", "global.wgt")
-    res = sch.cache_read(ADD, "residual", "global.res")
-    store = sch.cache_write(ADD, 0, "global.out")
-    sch.set_scope(PAD, 0, "global.inp")
-    sch.set_scope(CONV, 0, "global.acc")
+    wgt = sch.cache_read(CONV, "weight", "local.wgt")
+    res = sch.cache_read(ADD, "residual", "local.res")
+    store = sch.cache_write(ADD, 0, "local.out")
+    sch.set_scope(PAD, 0, "local.inp")
+    sch.set_scope(CONV, 0, "local.acc")
     stages = [
         Stage(sch.get(wgt).name_hint, "load", "wgt"),
         Stage(PAD, "load", "inp"),
@@ -76,7 +76,7 @@ def _add_cache_stages(sch: s_tir.Schedule, workload: Workload) -> list[Stage]:
         Stage(sch.get(store).name_hint, "store", "store"),
     ]
     if workload.bias:
-        bias = sch.cache_read(ADD, "bias", "global.bias")
+        bias = sch.cache_read(ADD, "bias", "local.bias")
         stages.insert(0, Stage(sch.get(bias).name_hint, "load", "bias"))
     return stages
 

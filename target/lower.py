@@ -150,7 +150,7 @@ class _Walker:
         store, loads = _accesses(block)
         write = self._operand(store, env, domain, name=target)
         reads = {self._name(a.buffer): self._operand(a, env, domain) for a in loads}
-        self.instructions.append(self._instruction(unit, target, write, reads))
+        self.instructions.append(self._instruction(unit, write, reads))
 
     def _stage_nest(self, root: tirx.For, env: dict):
         loops, conditions, stmt = [], [], root
@@ -217,7 +217,7 @@ class _Walker:
             raise ProgramError(f"buffer {buf.name!r} is read before any stage fills it")
         return name
 
-    def _instruction(self, unit: str, target: str, write, reads: dict) -> Instruction:
+    def _instruction(self, unit: str, write, reads: dict) -> Instruction:
         if unit == "load":
             (src,) = reads.values()
             return Load(dst=write, src=src)
