@@ -56,9 +56,20 @@ def run_demo(n_tiles: int = 4, pipeline: str = "software") -> int:
     sch = schedule_convadd(workload, config)
     _section(f"3. the scheduled TensorIR: {config}")
     print(sch.mod.script())
-    _section("4. after InjectSoftwarePipeline: the two-slot (ping/pong) buffers")
+    _section("4. the ping/pong buffers")
     slots = _slot_buffers(lower_tir(sch.mod))
-    print("\n".join(slots) if slots else f"(pipeline {pipeline!r} keeps one slot per buffer)")
+    if slots:
+        print("InjectSoftwarePipeline versioned these allocations into two slots:")
+        print("\n".join(slots))
+    elif pipeline == "vthread":
+        print("each of the two virtual threads owns a copy (InjectVirtualThread) of the buffers")
+        print("allocated under the vthread.x loop; on the accelerator these are slots 0 and 1:")
+    else:
+        print("pipeline 'none': one slot per buffer, so each tile waits for the previous one")
+    hardware = load_config("default")
+    program = lower_to_program(workload, config, hardware)
+    for name, decl in program.buffers.items():
+        print(f"  {name:<5} slots={decl.slots} slot shape={list(decl.shape)}")
 
     _section("5. numeric check: TVM llvm build of the schedule vs numpy")
     inputs = random_inputs(workload)
@@ -69,8 +80,6 @@ def run_demo(n_tiles: int = 4, pipeline: str = "software") -> int:
     llvm_error = float(np.abs(out.numpy() - expected).max())
     print(f"max |llvm - numpy| = {llvm_error:.3g}")
 
-    hardware = load_config("default")
-    program = lower_to_program(workload, config, hardware)
     _section(f"6. the instruction streams ({program.num_instructions} instructions)")
     print(program.listing())
     names = [n for n in TENSOR_NAMES if n != "bias" or workload.bias]
