@@ -11,7 +11,7 @@ from tvm import relax
 from tvm.script import ir as I
 from tvm.script import relax as R
 
-from tvm_convadd import build, build_reference, network_report
+from tvm_convadd import TileConfig, build, build_reference, network_report
 from tvm_convadd.errors import ConvAddError
 from tvm_convadd.frontends import from_onnx
 from tvm_convadd.networks import get_network
@@ -206,3 +206,24 @@ def test_tile_count_that_does_not_fit_names_the_fix():
     mod, params = get_network("resnet50", image_size=224, width=0.25)
     with pytest.raises(BufferOverflowError, match=r"use at least \d+ tiles along height"):
         build(mod, "convadd-sim", params, tiles=1, functional=False)
+
+
+def test_users_tuning_records_take_effect(tmp_path):
+    from tvm_convadd.partition import PartitionConvAdd, fused_functions, prepare
+    from tvm_convadd.records import RECORDS_FILE, Record, save_records
+
+    mod, params = get_network("resnet18", **SMALL)
+    workloads = {
+        f.workload for f in fused_functions(PartitionConvAdd()(prepare(mod, params))).values()
+    }
+    chosen = TileConfig(2, "channel", "vthread")
+    save_records(
+        tmp_path / RECORDS_FILE,
+        [Record(wl, "convadd-sim", chosen, 1) for wl in workloads],
+    )
+    net = build(mod, "convadd-sim", params, records=[str(tmp_path)])
+    net.run(image((1, 3, 32, 32)))
+    layers = network_report(net.session).layers
+    assert {(layer.config, layer.config_source) for layer in layers} == {
+        ("N=2 channel vthread", "records")
+    }
