@@ -48,7 +48,7 @@ def schedule_convadd(workload: Workload, config: TileConfig) -> s_tir.Schedule:
     per_tile = [s for s in stages if s.buffer in ("inp", "acc", "res", "out")]
     if config.axis == "channel":
         per_tile += [s for s in stages if s.buffer in ("wgt", "bias")]
-    for stage in reversed(_consumer_first(per_tile)):
+    for stage in reversed(_program_order(per_tile)):
         sch.compute_at(sch.get_sblock(stage.block), tile_loop, preserve_unit_loops=True)
     for stage in stages:
         block = sch.get_sblock(stage.block)
@@ -89,8 +89,8 @@ def _stage_root(sch: s_tir.Schedule, block, tile_loop) -> s_tir.schedule.LoopRV:
     return loops[inside[0] + 1] if inside else loops[0]
 
 
-def _consumer_first(stages: list[Stage]) -> list[Stage]:
-    """Program order of the per-tile stages (compute_at is applied consumer first)."""
+def _program_order(stages: list[Stage]) -> list[Stage]:
+    """Producer-first order of the per-tile stages (compute_at then runs it in reverse)."""
     order = ["wgt", "bias", "inp", "acc", "res", "out"]
     return sorted(stages, key=lambda s: order.index(s.buffer))
 
