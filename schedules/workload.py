@@ -97,6 +97,11 @@ class Workload:
         return (self.batch, self.out_channels, self.out_height, self.out_width)
 
     @property
+    def input_names(self) -> tuple[str, ...]:
+        """Names of the fused function's inputs, in order: data, weight, [bias], residual."""
+        return ("data", "weight", *(("bias",) if self.bias else ()), "residual")
+
+    @property
     def input_shapes(self) -> list[tuple[int, ...]]:
         """Shapes of the fused function's inputs, in order: data, weight, [bias], residual."""
         shapes = [self.data_shape, self.weight_shape]

@@ -278,7 +278,7 @@ def _accesses(block) -> tuple[_Access, list[_Access]]:
 
 
 def _walk(func: tirx.PrimFunc, workload: Workload, config: TileConfig) -> Program:
-    names = ["data", "weight", *(["bias"] if workload.bias else []), "residual", "output"]
+    names = [*workload.input_names, "output"]
     walker = _Walker(workload, {param.name: name for param, name in zip(func.params, names)})
     walker.visit(func.body, {})
     tensors = dict(zip(names, [*workload.input_shapes, workload.out_shape]))

@@ -15,12 +15,10 @@ from tvm_convadd.target.lower import lower_to_program
 from tvm_convadd.target.simulator import simulate
 
 MODES = ("none", "software", "vthread")
-TENSORS = ("data", "weight", "bias", "residual")
 
 
 def tensors_for(workload: Workload, inputs: list[np.ndarray]) -> dict[str, np.ndarray]:
-    names = [n for n in TENSORS if n != "bias" or workload.bias]
-    return dict(zip(names, inputs))
+    return dict(zip(workload.input_names, inputs))
 
 
 def run_on_simulator(workload: Workload, config: TileConfig, hardware) -> np.ndarray:

@@ -61,10 +61,7 @@ class OffloadedModule:
     def run(self, *inputs: np.ndarray) -> np.ndarray:
         """Run `main` once on numpy inputs; the simulated cycles land in `session.runs`."""
         self.session.runs.clear()
-        out = self.vm["main"](*[tvm.runtime.tensor(np.ascontiguousarray(x)) for x in inputs])
-        if isinstance(out, tvm.runtime.Tensor):
-            return out.numpy()
-        return out[0].numpy()
+        return run_main(self.vm, inputs)
 
 
 def build(
@@ -101,9 +98,10 @@ def build_reference(mod: tvm.IRModule, params: dict[str, np.ndarray] | None = No
     """The same module, cleaned up the same way, all on llvm: the check for `build`."""
     executable = tvm.compile(prepare(mod, params), target="llvm")
     vm = relax.VirtualMachine(executable, tvm.cpu())
+    return lambda *inputs: run_main(vm, inputs)
 
-    def run(*inputs: np.ndarray) -> np.ndarray:
-        out = vm["main"](*[tvm.runtime.tensor(np.ascontiguousarray(x)) for x in inputs])
-        return out.numpy() if isinstance(out, tvm.runtime.Tensor) else out[0].numpy()
 
-    return run
+def run_main(vm: relax.VirtualMachine, inputs) -> np.ndarray:
+    """Call `main` on numpy inputs; the first output as numpy (a tuple's first field)."""
+    out = vm["main"](*[tvm.runtime.tensor(np.ascontiguousarray(x)) for x in inputs])
+    return out.numpy() if isinstance(out, tvm.runtime.Tensor) else out[0].numpy()

@@ -26,7 +26,6 @@ from tvm_convadd.target.registry import hardware_for_target
 from tvm_convadd.target.simulator import SimResult, simulate
 
 CODEGEN = "convadd"
-ROLE_TO_TENSOR = {"data": "data", "weight": "weight", "bias": "bias", "residual": "residual"}
 
 
 @dataclass(frozen=True)
@@ -97,9 +96,8 @@ class OffloadSession:
 
         def run(*args):
             *inputs, out = args
-            tensors = {
-                ROLE_TO_TENSOR[role]: _to_numpy(arg) for role, arg in zip(layer.roles, inputs)
-            }
+            # a role is the name of the program's DRAM tensor it feeds
+            tensors = {role: arg.numpy() for role, arg in zip(layer.roles, inputs)}
             if "bias" in tensors:
                 tensors["bias"] = tensors["bias"].reshape(layer.workload.bias_shape)
             result = simulate(
@@ -114,10 +112,6 @@ class OffloadSession:
 
 def _serial(config: TileConfig) -> TileConfig:
     return TileConfig(config.n_tiles, config.axis, "none")
-
-
-def _to_numpy(tensor) -> np.ndarray:
-    return tensor.numpy()
 
 
 def choose_config(

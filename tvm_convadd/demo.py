@@ -20,8 +20,6 @@ from tvm_convadd.target.hardware import load_config
 from tvm_convadd.target.lower import lower_tir, lower_to_program
 from tvm_convadd.target.simulator import simulate
 
-TENSOR_NAMES = ("data", "weight", "bias", "residual")
-
 
 def _section(title: str) -> None:
     print(f"\n{'=' * 8} {title} {'=' * max(0, 70 - len(title))}")
@@ -82,8 +80,7 @@ def run_demo(n_tiles: int = 4, pipeline: str = "software") -> int:
 
     _section(f"6. the instruction streams ({program.num_instructions} instructions)")
     print(program.listing())
-    names = [n for n in TENSOR_NAMES if n != "bias" or workload.bias]
-    result = simulate(program, hardware, dict(zip(names, inputs)))
+    result = simulate(program, hardware, dict(zip(workload.input_names, inputs)))
     sim_error = float(np.abs(result.outputs["output"] - expected).max())
     serial = simulate(
         lower_to_program(workload, TileConfig(config.n_tiles, config.axis, "none"), hardware),

@@ -71,7 +71,7 @@ class FusedConvAdd:
 
     def operand_indices(self) -> tuple[int, ...]:
         """Parameter positions in `Workload.input_shapes` order (data, weight, [bias], residual)."""
-        wanted = ("data", "weight", *(("bias",) if self.workload.bias else ()), "residual")
+        wanted = self.workload.input_names
         return tuple(self.roles.index(role) for role in wanted if role in self.roles)
 
 
