@@ -32,7 +32,7 @@ LAYERS = {
 
 def whole_layer(workload: Workload, hardware) -> tuple[int, int]:
     elements = workload.batch * workload.out_channels * workload.out_height * workload.out_width
-    return hardware.conv_cycles(workload.macs), hardware.add_cycles(elements)
+    return hardware.conv_cycles(*workload.gemm), hardware.add_cycles(elements)
 
 
 def tile_counts(extent: int, quick: bool) -> list[int]:

@@ -115,6 +115,12 @@ class Workload:
         return out * self.in_channels * self.kernel_h * self.kernel_w
 
     @property
+    def gemm(self) -> tuple[int, int, int]:
+        """The conv as a matrix multiply (P, K, N): output pixels, reduction, output channels."""
+        pixels = self.batch * self.out_height * self.out_width
+        return pixels, self.in_channels * self.kernel_h * self.kernel_w, self.out_channels
+
+    @property
     def epilogue(self) -> str:
         parts = ["bias"] * self.bias + ["residual"] + ["relu"] * self.relu
         return "+".join(parts)

@@ -1,4 +1,4 @@
-"""The accelerator's hardware description: unit throughputs, DMA, on-chip capacities, costs.
+"""The accelerator's hardware description: the MAC array, the vector unit, the DMA, buffers.
 
 A configuration is data (a JSON file under `configs/`), not constants in code, so a new
 design point is a new file. The cost of every ISA instruction is defined here and only here.
@@ -17,20 +17,28 @@ from tvm_convadd.errors import HardwareConfigError
 from tvm_convadd.target.isa import Add, Conv, Instruction, Load, Store, region_size
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Mapping, Sequence
 
-    from tvm_convadd.target.isa import Program
+    from tvm_convadd.target.isa import Program, Region
 
 BUFFERS = ("inp", "wgt", "bias", "acc", "res", "out")
 DTYPES = ("float16", "float32", "float64")
+DATAFLOWS = {"ws": "weight-stationary", "os": "output-stationary", "is": "input-stationary"}
 
 # field -> (smallest, largest) accepted value; the ranges only catch typos and nonsense.
 _INT_RANGES = {
-    "macs_per_cycle": (1, 1 << 24),
+    "array_rows": (1, 1 << 12),
+    "array_cols": (1, 1 << 12),
     "add_lanes": (1, 1 << 20),
+    "add_latency_cycles": (0, 1 << 16),
     "dma_latency_cycles": (0, 1 << 20),
+    "dma_run_cycles": (0, 1 << 16),
     "issue_cycles": (0, 1 << 16),
-    "conv_setup_cycles": (0, 1 << 20),
+}
+_OPTIONAL = {"dtype": "float32", "clock_mhz": 500.0}
+_RETIRED = {  # fields of the first, flat cost model, and what replaced them
+    "macs_per_cycle": "array_rows, array_cols and dataflow",
+    "conv_setup_cycles": "fill_drain (the array's fill and drain per fold)",
 }
 _DMA_BANDWIDTH_RANGE = (1, 1 << 40)
 _CLOCK_RANGE = (1e-3, 1e5)
@@ -38,21 +46,49 @@ _CAPACITY_RANGE = (1, 1 << 44)
 
 
 @dataclass(frozen=True)
+class ConvMapping:
+    """A CONV as the array walks it: the GEMM dims in the dataflow's roles, folds, cycles.
+
+    SCALE-Sim's notation: `spatial_rows` (Sr) and `spatial_cols` (Sc) are the dims laid over
+    the array's rows and columns, `temporal` (T) the dim streamed through it in time.
+    """
+
+    spatial_rows: int
+    spatial_cols: int
+    temporal: int
+    row_folds: int
+    col_folds: int
+    cycles_per_fold: int
+
+    @property
+    def folds(self) -> int:
+        return self.row_folds * self.col_folds
+
+    @property
+    def cycles(self) -> int:
+        return self.folds * self.cycles_per_fold
+
+
+@dataclass(frozen=True)
 class HardwareConfig:
     """One design point of the simulated accelerator (frozen: shared freely, cached by name).
 
     `dma_bytes_per_cycle` None means unlimited bandwidth (transfers take no cycles), which
-    with zero latency and issue cost gives the ideal machine used to check `A + B/N`.
+    with zero latencies, no fill/drain and no issue cost gives the ideal machine of `A + B/N`.
     """
 
     name: str
     description: str
-    macs_per_cycle: int
+    array_rows: int
+    array_cols: int
+    dataflow: str  # one of DATAFLOWS
+    fill_drain: bool  # False only on the ideal machine: folds stream with no skew
     add_lanes: int
+    add_latency_cycles: int  # the vector unit's pipeline depth, paid once per instruction
     dma_bytes_per_cycle: int | None
-    dma_latency_cycles: int
+    dma_latency_cycles: int  # per transfer: descriptor, DRAM round trip
+    dma_run_cycles: int  # per contiguous run of the DRAM region: a new burst and address
     issue_cycles: int
-    conv_setup_cycles: int  # per CONV: fill and drain the MAC array, preload its weights
     buffer_bytes: Mapping[str, int] = field(hash=False)
     dtype: str = "float32"
     clock_mhz: float = 500.0
@@ -64,30 +100,83 @@ class HardwareConfig:
         """Pickle through the plain dict (a MappingProxyType does not pickle): process pools."""
         return (self.from_dict, (self.to_dict(),))
 
+    @property
+    def macs_per_cycle(self) -> int:
+        """Peak multiply-accumulates per cycle (every PE busy)."""
+        return self.array_rows * self.array_cols
+
     # -- cost model: the one place where an instruction's cycles are defined ----------------
-    def conv_cycles(self, macs: int) -> int:
-        """Cycles of one CONV instruction doing `macs` multiply-accumulates: the fixed set-up
-        is what makes very small tiles lose (the best N is finite)."""
-        return _ceil_div(macs, self.macs_per_cycle) + self.conv_setup_cycles + self.issue_cycles
+    def conv_mapping(self, pixels: int, reduction: int, channels: int) -> ConvMapping:
+        """How a conv of GEMM shape P x K x N (`pixels`, `reduction` = C_in*kh*kw,
+        `channels` out) maps onto the array, following SCALE-Sim 3.0's compute model.
+
+        Which GEMM dim goes where is the dataflow (SCALE-Sim's Sr / Sc / T):
+          ws: the weights stay, K over the rows and N over the columns; the P pixels stream.
+          os: each PE keeps one output, P over the rows and N over the columns; K streams.
+          is: the inputs stay, K over the rows and P over the columns; the N filters stream.
+        The array walks ceil(Sr/R) x ceil(Sc/C) folds; a partial fold costs a full one, its
+        idle rows and columns are the poor utilization of a channel count off the array.
+        One fold on an R x C array costs 2R + C + T - 2 cycles:
+          R       fill: the stationary operand enters, one array row per cycle (for os the
+                  first partial sums, for ws/is the weights / inputs being preloaded);
+          T       stream: one vector of the moving operand enters per cycle;
+          R - 1   skew: row r receives its stream r cycles after row 0;
+          C - 1   drain: the last results ripple through the columns to the array's edge.
+        `fill_drain` False (the ideal machine) keeps only T: every fold is pure streaming.
+        """
+        sr, sc, t = {
+            "ws": (reduction, channels, pixels),
+            "os": (pixels, channels, reduction),
+            "is": (reduction, pixels, channels),
+        }[self.dataflow]
+        rows, cols = self.array_rows, self.array_cols
+        overhead = 2 * rows + cols - 2 if self.fill_drain else 0
+        return ConvMapping(sr, sc, t, _ceil_div(sr, rows), _ceil_div(sc, cols), t + overhead)
+
+    def conv_cycles(self, pixels: int, reduction: int, channels: int) -> int:
+        """Cycles of one CONV instruction of GEMM shape P x K x N: its folds, plus issue."""
+        return self.conv_mapping(pixels, reduction, channels).cycles + self.issue_cycles
 
     def add_cycles(self, elements: int) -> int:
-        """Cycles of one ADD instruction producing `elements` outputs."""
-        return _ceil_div(elements, self.add_lanes) + self.issue_cycles
+        """Cycles of one ADD instruction producing `elements` outputs: the vector unit streams
+        `add_lanes` elements per cycle after its pipeline latency."""
+        return _ceil_div(elements, self.add_lanes) + self.add_latency_cycles + self.issue_cycles
 
-    def dma_cycles(self, nbytes: int) -> int:
-        """Cycles of one LOAD or STORE moving `nbytes` (each DMA engine serves one unit)."""
+    def dma_cycles(self, nbytes: int, runs: int = 1) -> int:
+        """Cycles of one LOAD or STORE moving `nbytes` of DRAM in `runs` contiguous runs.
+
+        latency once per transfer; bytes / bandwidth on the bus; `dma_run_cycles` for each run,
+        because each run is its own burst (a tile that cuts the width moves many short rows).
+        """
         bandwidth = self.dma_bytes_per_cycle
-        transfer = 0 if bandwidth is None else _ceil_div(nbytes, bandwidth)
-        return self.dma_latency_cycles + transfer + self.issue_cycles
+        if bandwidth is None:
+            return self.dma_latency_cycles + self.issue_cycles
+        return (
+            self.dma_latency_cycles
+            + _ceil_div(nbytes, bandwidth)
+            + runs * self.dma_run_cycles
+            + self.issue_cycles
+        )
+
+    def region_dma_cycles(self, region: Region, shape: Sequence[int], dtype: str) -> int:
+        """Cycles to move the part of `region` inside a DRAM tensor of `shape` (the padding
+        around it is zero-filled on chip and crosses no bus)."""
+        inside = clip_region(region, shape)
+        if inside is None:
+            return self.dma_cycles(0, 0)
+        return self.dma_cycles(
+            region_size(inside) * dtype_bytes(dtype), contiguous_runs(inside, shape)
+        )
 
     def instruction_cycles(self, inst: Instruction, program: Program) -> int:
-        """Cycles of any ISA instruction of `program` (the program gives the element size)."""
+        """Cycles of any ISA instruction of `program` (the program gives the tensor shapes)."""
         if isinstance(inst, Conv):
-            return self.conv_cycles(inst.macs)
+            return self.conv_cycles(*conv_gemm(inst))
         if isinstance(inst, Add):
             return self.add_cycles(region_size(inst.out.region))
         if isinstance(inst, (Load, Store)):
-            return self.dma_cycles(inst.transfer_bytes(program))
+            dram = inst.src if isinstance(inst, Load) else inst.dst
+            return self.region_dma_cycles(dram.region, program.tensors[dram.tensor], program.dtype)
         raise HardwareConfigError(f"no cost for instruction {type(inst).__name__}")
 
     def capacity(self, buffer: str) -> int:
@@ -115,12 +204,17 @@ class HardwareConfig:
         if not isinstance(data, dict):
             kind = type(data).__name__
             raise HardwareConfigError(f"{source}: expected a JSON object, got {kind}")
+        retired = [name for name in _RETIRED if name in data]
+        if retired:
+            replaced = "; ".join(f"{name} by {_RETIRED[name]}" for name in retired)
+            raise HardwareConfigError(
+                f"{source}: an old-format config: {replaced} (see target/configs/default.json)"
+            )
         known = [f.name for f in fields(cls)]
         unknown = sorted(set(data) - set(known))
         if unknown:
             raise HardwareConfigError(f"{source}: unknown field(s) {unknown}; fields are {known}")
-        required = [f.name for f in fields(cls) if f.name not in ("dtype", "clock_mhz")]
-        missing = [name for name in required if name not in data]
+        missing = [name for name in known if name not in data and name not in _OPTIONAL]
         if missing:
             raise HardwareConfigError(f"{source}: missing field(s) {missing}")
 
@@ -131,6 +225,16 @@ class HardwareConfig:
         bandwidth = data["dma_bytes_per_cycle"]
         if bandwidth is not None:
             bandwidth = _int_field(source, "dma_bytes_per_cycle", bandwidth, *_DMA_BANDWIDTH_RANGE)
+        dataflow = data["dataflow"]
+        if dataflow not in DATAFLOWS:
+            raise HardwareConfigError(
+                f"{source}: dataflow {dataflow!r}: choose one of {list(DATAFLOWS)} "
+                f"({', '.join(DATAFLOWS.values())})"
+            )
+        if not isinstance(data["fill_drain"], bool):
+            raise HardwareConfigError(
+                f"{source}: fill_drain {data['fill_drain']!r}: must be true or false"
+            )
         dtype = data.get("dtype", "float32")
         if dtype not in DTYPES:
             raise HardwareConfigError(f"{source}: dtype {dtype!r}: choose one of {list(DTYPES)}")
@@ -153,6 +257,8 @@ class HardwareConfig:
         return cls(
             name=data["name"],
             description=data["description"],
+            dataflow=dataflow,
+            fill_drain=data["fill_drain"],
             dma_bytes_per_cycle=bandwidth,
             buffer_bytes=capacities,
             dtype=dtype,
@@ -163,6 +269,44 @@ class HardwareConfig:
 
 def _ceil_div(numerator: int, denominator: int) -> int:
     return -(-numerator // denominator)
+
+
+def dtype_bytes(dtype: str) -> int:
+    """Bytes of one element of a float dtype (`float32` -> 4)."""
+    return int(dtype.removeprefix("float")) // 8
+
+
+def conv_gemm(conv: Conv) -> tuple[int, int, int]:
+    """A CONV's GEMM shape (P, K, N): output pixels, reduction C_in*kh*kw, output channels."""
+    (_, batch), (_, channels), (_, rows), (_, cols) = conv.acc.region
+    _, (_, in_channels), (_, kernel_h), (_, kernel_w) = conv.wgt.region
+    return batch * rows * cols, in_channels * kernel_h * kernel_w, channels
+
+
+def clip_region(region: Region, shape: Sequence[int]) -> Region | None:
+    """The part of `region` inside a tensor of `shape`, or None when it lies wholly outside."""
+    clipped = []
+    for (start, extent), dim in zip(region, shape):
+        low, high = max(start, 0), min(start + extent, dim)
+        if high <= low:
+            return None
+        clipped.append((low, high - low))
+    return tuple(clipped)
+
+
+def contiguous_runs(region: Region, shape: Sequence[int]) -> int:
+    """How many runs of consecutive addresses `region` makes in a row-major tensor of `shape`.
+
+    A run spans the innermost dims the region covers whole, plus the first one it cuts; every
+    index of the dims outside that one starts a new run.
+    """
+    runs, inner_whole = 1, True
+    for (_, extent), dim in zip(reversed(region), reversed(shape)):
+        if inner_whole:
+            inner_whole = extent == dim
+        else:
+            runs *= extent
+    return runs
 
 
 def _int_field(source: str, key: str, value: Any, low: int, high: int) -> int:

@@ -63,15 +63,17 @@ def hardware_for_target(target: str | tvm.target.Target) -> HardwareConfig:
 def describe_targets() -> str:
     """A table of the registered tags and the numbers behind them (for `tvm-convadd targets`)."""
     head = (
-        f"{'tag':<22} {'config':<10} {'MAC/cyc':>8} {'add lanes':>9} {'DMA B/cyc':>9} "
-        f"{'DMA lat':>7} {'acc KiB':>8}  description"
+        f"{'tag':<32} {'array':>6} {'flow':>4} {'fill':>4} {'lanes':>5} {'DMA B/cyc':>9} "
+        f"{'lat':>4} {'/run':>4} {'acc KiB':>7}  description"
     )
     rows = [head, "-" * len(head)]
     for tag, name in target_tags().items():
         hw = load_config(name)
         bandwidth = "inf" if hw.dma_bytes_per_cycle is None else str(hw.dma_bytes_per_cycle)
+        array = f"{hw.array_rows}x{hw.array_cols}"
         rows.append(
-            f"{tag:<22} {name:<10} {hw.macs_per_cycle:>8} {hw.add_lanes:>9} {bandwidth:>9} "
-            f"{hw.dma_latency_cycles:>7} {hw.capacity('acc') // 1024:>8}  {hw.description}"
+            f"{tag:<32} {array:>6} {hw.dataflow:>4} {'yes' if hw.fill_drain else 'no':>4} "
+            f"{hw.add_lanes:>5} {bandwidth:>9} {hw.dma_latency_cycles:>4} "
+            f"{hw.dma_run_cycles:>4} {hw.capacity('acc') // 1024:>7}  {hw.description}"
         )
     return "\n".join(rows)

@@ -223,7 +223,7 @@ def _prepare(
             chip, dram = (inst.dst, inst.src) if kind is Load else (inst.src, inst.dst)
             if [e for _, e in chip.region] != [e for _, e in dram.region]:
                 _check_shapes(inst, f"{unit}#{index}")
-            key = (kind, chip.buffer, chip.region)
+            key = (kind, chip.buffer, chip.region, dram.tensor, dram.region)  # DMA cost: runs
         elif kind is Conv:
             key = (kind, inst.inp.region, inst.wgt.region, inst.acc.region, inst.stride)
         elif kind is Add:

@@ -72,7 +72,7 @@ SEED_LAW = Workload(1, 64, 32, 32, 64, 1, 1)
 def whole_layer_cycles(workload: Workload, hardware) -> tuple[int, int]:
     """A and B: the conv and the add of the whole layer, each as one instruction."""
     elements = workload.batch * workload.out_channels * workload.out_height * workload.out_width
-    return hardware.conv_cycles(workload.macs), hardware.add_cycles(elements)
+    return hardware.conv_cycles(*workload.gemm), hardware.add_cycles(elements)
 
 
 @pytest.mark.parametrize("mode", ["software", "vthread"])

@@ -10,10 +10,16 @@ import pytest
 
 from tests.handmade_programs import ConvAddShape, tiled_convadd_program
 from tvm_convadd.errors import HardwareConfigError
-from tvm_convadd.target.hardware import BUFFERS, HardwareConfig, list_configs, load_config
+from tvm_convadd.target.hardware import (
+    BUFFERS,
+    HardwareConfig,
+    contiguous_runs,
+    list_configs,
+    load_config,
+)
 from tvm_convadd.target.isa import Add, Conv, Load, Store, region_size
 
-SHIPPED = ["big_array", "default", "ideal", "slow_add"]
+SHIPPED = ["big_array", "default", "ideal", "output_stationary", "slow_add"]
 
 
 @pytest.fixture
@@ -33,10 +39,17 @@ def test_shipped_configs_load_and_are_named_after_their_file():
 
 def test_variants_differ_from_default_in_one_knob(default):
     slow, big = load_config("slow_add"), load_config("big_array")
+    output_stationary = load_config("output_stationary")
+    assert (default.array_rows, default.array_cols, default.dataflow) == (16, 16, "ws")
     assert slow.add_lanes * 4 == default.add_lanes
     assert big.macs_per_cycle == 32 * 32 == 4 * default.macs_per_cycle
-    for variant, knob in ((slow, "add_lanes"), (big, "macs_per_cycle")):
-        expected = {**default.to_dict(), knob: getattr(variant, knob)}
+    assert output_stationary.dataflow == "os"
+    for variant, knobs in (
+        (slow, ("add_lanes",)),
+        (big, ("array_rows", "array_cols")),
+        (output_stationary, ("dataflow",)),
+    ):
+        expected = {**default.to_dict(), **{knob: getattr(variant, knob) for knob in knobs}}
         assert {**variant.to_dict(), "name": "default", "description": ""} == {
             **expected,
             "description": "",
@@ -71,7 +84,11 @@ def test_unknown_name_lists_the_known_ones():
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"macs_per_cycle": 0}, r"macs_per_cycle 0: must be an integer in 1\.\."),
+        ({"array_rows": 0}, r"array_rows 0: must be an integer in 1\.\."),
+        ({"array_cols": 1.5}, r"array_cols 1\.5: must be an integer in 1\.\."),
+        ({"dataflow": "rs"}, r"dataflow 'rs': choose one of \['ws', 'os', 'is'\]"),
+        ({"fill_drain": 1}, r"fill_drain 1: must be true or false"),
+        ({"dma_run_cycles": -2}, r"dma_run_cycles -2: must be an integer in 0\.\."),
         ({"add_lanes": "16"}, r"add_lanes '16': must be an integer in 1\.\."),
         ({"add_lanes": True}, r"add_lanes True"),
         ({"dma_bytes_per_cycle": 0}, r"dma_bytes_per_cycle 0: must be an integer in 1\.\."),
@@ -87,6 +104,26 @@ def test_unknown_name_lists_the_known_ones():
 def test_validation_names_the_field_and_range(default, change, message):
     with pytest.raises(HardwareConfigError, match=message):
         HardwareConfig.from_dict({**default.to_dict(), **change})
+
+
+def test_an_old_format_config_names_the_new_fields(default):
+    old = {**default.to_dict(), "macs_per_cycle": 256, "conv_setup_cycles": 128}
+    for key in ("array_rows", "array_cols", "dataflow", "fill_drain"):
+        del old[key]
+    with pytest.raises(
+        HardwareConfigError,
+        match=r"old-format config: macs_per_cycle by array_rows, array_cols and dataflow; "
+        r"conv_setup_cycles by fill_drain",
+    ):
+        HardwareConfig.from_dict(old)
+
+
+@pytest.mark.parametrize("geometry", ["array_rows", "array_cols", "dataflow", "fill_drain"])
+def test_a_missing_geometry_field_is_named(default, geometry):
+    data = default.to_dict()
+    del data[geometry]
+    with pytest.raises(HardwareConfigError, match=rf"missing field\(s\) \['{geometry}'\]"):
+        HardwareConfig.from_dict(data)
 
 
 def test_validation_of_missing_fields_and_capacities(default):
@@ -112,22 +149,97 @@ def test_config_is_immutable(default):
         default.capacity("sram")
 
 
-def test_cost_functions_round_up_and_add_the_issue_cost(default):
-    issue, latency = default.issue_cycles, default.dma_latency_cycles
-    setup = default.conv_setup_cycles
-    assert setup > 0
-    assert default.conv_cycles(256 * 10) == 10 + setup + issue
-    assert default.conv_cycles(256 * 10 + 1) == 11 + setup + issue
-    assert default.add_cycles(16 * 3) == 3 + issue
-    assert default.add_cycles(16 * 3 + 1) == 4 + issue
-    assert default.dma_cycles(0) == latency + issue
-    assert default.dma_cycles(33) == latency + 2 + issue
+def _array(dataflow: str, rows: int = 16, cols: int = 16, fill_drain: bool = True):
+    return HardwareConfig.from_dict(
+        {
+            **load_config("default").to_dict(),
+            "dataflow": dataflow,
+            "array_rows": rows,
+            "array_cols": cols,
+            "fill_drain": fill_drain,
+        }
+    )
+
+
+# Hand-derived: one fold on R x C costs 2R + C + T - 2 (here 46 + T on 16x16), issue 4.
+@pytest.mark.parametrize(
+    ("dataflow", "pixels", "reduction", "channels", "folds", "temporal"),
+    [
+        ("ws", 100, 16, 16, 1, 100),  # one fold: K = 16 rows, N = 16 columns, P streams
+        ("ws", 50, 64, 32, 4 * 2, 50),  # several folds: K over 4 row folds, N over 2
+        ("ws", 10, 17, 20, 2 * 2, 10),  # partial folds: 17 rows and 20 columns need two each
+        ("os", 100, 27, 16, 7 * 1, 27),  # P over 7 row folds (the last holds 4), K streams
+        ("is", 100, 27, 16, 2 * 7, 16),  # K over 2 row folds, P over 7 column folds, N streams
+    ],
+)
+def test_conv_cycles_by_hand(dataflow, pixels, reduction, channels, folds, temporal):
+    config = _array(dataflow)
+    assert config.conv_mapping(pixels, reduction, channels).folds == folds
+    expected = folds * (2 * 16 + 16 + temporal - 2) + config.issue_cycles
+    assert config.conv_cycles(pixels, reduction, channels) == expected
+
+
+def test_conv_cycles_on_a_rectangular_array():
+    config = _array("ws", rows=8, cols=32)
+    # K = 20 over 8 rows: 3 row folds; N = 40 over 32 columns: 2; fold = 16 + 32 + 64 - 2
+    assert config.conv_cycles(64, 20, 40) == 6 * 110 + config.issue_cycles
+
+
+def test_ws_tiles_that_cut_the_pixels_pay_fill_and_drain_per_fold(default):
+    """The issue's example: 28 width tiles of a 56x56 3x3 64->64 layer cost +39 % on ws."""
+    whole = default.conv_cycles(56 * 56, 64 * 9, 64) - default.issue_cycles
+    tiles = 28 * (default.conv_cycles(56 * 2, 64 * 9, 64) - default.issue_cycles)
+    assert tiles / whole == pytest.approx((112 + 46) * 28 / (3136 + 46))
+    assert 1.38 < tiles / whole < 1.40
+
+
+def test_add_and_dma_costs_by_hand(default):
+    issue, latency, per_run = (
+        default.issue_cycles,
+        default.dma_latency_cycles,
+        default.dma_run_cycles,
+    )
+    pipe = default.add_latency_cycles
+    assert pipe > 0 and per_run > 0
+    assert default.add_cycles(16 * 3) == 3 + pipe + issue
+    assert default.add_cycles(16 * 3 + 1) == 4 + pipe + issue
+    assert default.dma_cycles(0, 0) == latency + issue
+    assert default.dma_cycles(33, 1) == latency + 2 + per_run + issue
+
+
+def test_dma_cost_of_a_strided_region(default):
+    shape = (1, 8, 10, 12)
+    latency, per_run, issue = (
+        default.dma_latency_cycles,
+        default.dma_run_cycles,
+        default.issue_cycles,
+    )
+    whole = tuple((0, d) for d in shape)
+    assert contiguous_runs(whole, shape) == 1
+    rows = ((0, 1), (0, 8), (2, 3), (0, 12))  # 3 whole rows per channel: one run per channel
+    assert contiguous_runs(rows, shape) == 8
+    assert default.region_dma_cycles(rows, shape, "float32") == (
+        latency + 8 * 3 * 12 * 4 // 32 + 8 * per_run + issue
+    )
+    columns = ((0, 1), (0, 8), (2, 3), (4, 5))  # cut across the width: a run per row
+    assert contiguous_runs(columns, shape) == 24
+    assert default.region_dma_cycles(columns, shape, "float32") == (
+        latency + 8 * 3 * 5 * 4 // 32 + 24 * per_run + issue
+    )
+    padded = ((0, 1), (0, 8), (-1, 4), (4, 5))  # one row of padding above: not on the bus
+    assert default.region_dma_cycles(padded, shape, "float32") == (
+        default.region_dma_cycles(columns, shape, "float32")
+    )
+    assert default.region_dma_cycles(((0, 1), (0, 8), (-3, 2), (0, 12)), shape, "float32") == (
+        latency + issue
+    )
 
 
 def test_ideal_makes_dma_free_and_compute_exact():
     ideal = load_config("ideal")
-    assert ideal.dma_cycles(10**12) == 0
-    assert ideal.conv_cycles(256 * 7 + 1) == 8
+    assert ideal.region_dma_cycles(((0, 1), (0, 7), (0, 1), (3, 9)), (1, 7, 5, 20), "float32") == 0
+    assert ideal.dma_cycles(10**12, 10**6) == 0
+    assert ideal.conv_cycles(100, 16, 32) == 2 * 100  # two column folds, no fill, no drain
     assert ideal.add_cycles(16 * 5) == 5
     assert min(ideal.buffer_bytes.values()) >= 1 << 30
 
@@ -140,15 +252,17 @@ def test_instruction_cycles_follow_the_cost_functions(name):
     for stream in program.streams.values():
         for inst in stream:
             if isinstance(inst, Conv):
+                (_, n), (_, k), (_, h), (_, w) = inst.acc.region
                 _, (_, c), (_, r), (_, s) = inst.wgt.region
-                expected = config.conv_cycles(region_size(inst.acc.region) * c * r * s)
+                expected = config.conv_cycles(n * h * w, c * r * s, k)
             elif isinstance(inst, Add):
                 expected = config.add_cycles(region_size(inst.out.region))
-            elif isinstance(inst, Load):
-                expected = config.dma_cycles(4 * region_size(inst.src.region))
             else:
-                assert isinstance(inst, Store)
-                expected = config.dma_cycles(4 * region_size(inst.dst.region))
+                dram = inst.src if isinstance(inst, Load) else inst.dst
+                assert isinstance(inst, (Load, Store))
+                expected = config.region_dma_cycles(
+                    dram.region, program.tensors[dram.tensor], "float32"
+                )
             assert config.instruction_cycles(inst, program) == expected
 
 
@@ -162,18 +276,20 @@ def test_default_is_a_plausible_edge_accelerator(default):
     conv_total = add_total = 0
     for (cin, cout, size), blocks in zip(RESNET50_RESIDUAL, BLOCKS):
         elements = cout * size * size
-        conv = default.conv_cycles(elements * cin)
+        conv = default.conv_cycles(size * size, cin, cout)
         add = default.add_cycles(elements)
         conv_total += blocks * conv
         add_total += blocks * add
-        residual_load = default.dma_cycles(4 * elements)
+        residual_load = default.dma_cycles(4 * elements, 1)
         assert residual_load > add  # moving the residual costs more than adding it
         assert 4 * elements > default.capacity("acc") // 2  # one tile (N=1) never fits a slot
         rows_per_tile = (default.capacity("acc") // 2) // (4 * cout * size)
         assert rows_per_tile >= 1  # ... but tiles of a couple of rows do
-    assert 0.10 <= add_total / conv_total <= 0.40
+    # on the weight-stationary array the 7x7 and 14x14 layers stream few pixels per fold, so
+    # fill and drain swell their conv and the add's share of the whole falls below 10 %
+    assert 0.05 <= add_total / conv_total <= 0.40
     first = RESNET50_RESIDUAL[0]
     ratio = default.add_cycles(first[1] * first[2] ** 2) / default.conv_cycles(
-        first[0] * first[1] * first[2] ** 2
+        first[2] ** 2, first[0], first[1]
     )
     assert 0.10 <= ratio <= 0.40

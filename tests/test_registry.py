@@ -20,6 +20,7 @@ TAGS = {
     "convadd-sim-slow-add": "slow_add",
     "convadd-sim-big-array": "big_array",
     "convadd-sim-ideal": "ideal",
+    "convadd-sim-output-stationary": "output_stationary",
 }
 
 
@@ -67,3 +68,6 @@ def test_describe_targets_lists_every_tag():
     table = describe_targets()
     assert all(tag in table for tag in TAGS)
     assert table.splitlines()[2].startswith("convadd-sim ")
+    default_row = table.splitlines()[2].split()
+    assert default_row[1:4] == ["16x16", "ws", "yes"]  # the geometry and dataflow
+    assert "32x32" in table and " os " in table

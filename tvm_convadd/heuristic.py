@@ -51,14 +51,11 @@ class Estimate:
     buffer_bytes: int  # all per-tile buffers, all slots
 
 
-def _elements(*dims: int) -> int:
-    return math.prod(dims)
-
-
 def tile_cost(workload: Workload, axis: str, length: int, hardware: HardwareConfig) -> TileCost:
-    """Unit cycles of one output tile `length` long along `axis`."""
-    wl, elem = workload, 4
-    channels, rows, cols = wl.out_channels, wl.out_height, wl.out_width
+    """Unit cycles of the first output tile `length` long along `axis` (its DMA regions are
+    the ones the lowering emits for tile 0: padding clipped off, runs counted in DRAM)."""
+    wl, elem, dtype = workload, 4, workload.dtype
+    batch, channels, rows, cols = wl.out_shape
     in_rows, in_cols = wl.padded_height, wl.padded_width
     if axis == "height":
         rows, in_rows = length, (length - 1) * wl.stride[0] + wl.kernel_h
@@ -66,18 +63,27 @@ def tile_cost(workload: Workload, axis: str, length: int, hardware: HardwareConf
         cols, in_cols = length, (length - 1) * wl.stride[1] + wl.kernel_w
     else:
         channels = length
-    out = wl.batch * _elements(channels, rows, cols)
-    inp = wl.batch * _elements(wl.in_channels, in_rows, in_cols)
-    loads = [inp * elem, out * elem]  # input tile, residual tile
+    top, _, left, _ = wl.padding
+    out_region = ((0, batch), (0, channels), (0, rows), (0, cols))
+    inp_region = ((0, batch), (0, wl.in_channels), (-top, in_rows), (-left, in_cols))
+    loads = [
+        hardware.region_dma_cycles(inp_region, wl.data_shape, dtype),
+        hardware.region_dma_cycles(out_region, wl.out_shape, dtype),  # the residual
+    ]
     if axis == "channel":  # weights and bias follow the output channels into the tile loop
-        loads.append(_elements(channels, wl.in_channels, wl.kernel_h, wl.kernel_w) * elem)
-        loads += [channels * elem] * wl.bias
+        wgt_region = ((0, channels), *((0, d) for d in wl.weight_shape[1:]))
+        loads.append(hardware.region_dma_cycles(wgt_region, wl.weight_shape, dtype))
+        if wl.bias:
+            bias_region = ((0, 1), (0, channels), (0, 1), (0, 1))
+            loads.append(hardware.region_dma_cycles(bias_region, wl.bias_shape, dtype))
+    out = batch * channels * rows * cols
+    reduction = wl.in_channels * wl.kernel_h * wl.kernel_w
     return TileCost(
-        load=sum(hardware.dma_cycles(b) for b in loads),
-        conv=hardware.conv_cycles(out * wl.in_channels * wl.kernel_h * wl.kernel_w),
+        load=sum(loads),
+        conv=hardware.conv_cycles(batch * rows * cols, reduction, channels),
         add=hardware.add_cycles(out),
-        store=hardware.dma_cycles(out * elem),
-        tile_bytes=(inp + 3 * out) * elem,  # inp, acc, res, out
+        store=hardware.region_dma_cycles(out_region, wl.out_shape, dtype),
+        tile_bytes=(batch * wl.in_channels * in_rows * in_cols + 3 * out) * elem,
     )
 
 
@@ -89,10 +95,14 @@ def estimate(workload: Workload, config: TileConfig, hardware: HardwareConfig) -
     last = tile_cost(workload, config.axis, extent - (tiles - 1) * length, hardware)
     once = 0
     if config.axis != "channel":
-        wgt = _elements(*workload.weight_shape) * 4
-        once = hardware.dma_cycles(wgt) + (
-            hardware.dma_cycles(workload.out_channels * 4) if workload.bias else 0
+        whole = lambda shape: tuple((0, d) for d in shape)  # noqa: E731
+        once = hardware.region_dma_cycles(
+            whole(workload.weight_shape), workload.weight_shape, workload.dtype
         )
+        if workload.bias:
+            once += hardware.region_dma_cycles(
+                whole(workload.bias_shape), workload.bias_shape, workload.dtype
+            )
     first = full if tiles > 1 else last
     fill = once + first.load + first.conv + first.add + first.store
     if config.pipeline == "none":
