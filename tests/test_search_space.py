@@ -65,8 +65,20 @@ def test_heuristic_never_returns_a_config_that_does_not_fit(target):
     assert search_space.fits(wl, heuristic.default_config(wl, hardware), hardware)
 
 
-def test_estimate_tracks_the_simulator(hardware):
-    """The analytic model is what the default and the cost model's features rest on."""
-    for config in [TileConfig(7, "height", "software"), TileConfig(14, "width", "none")]:
-        predicted = heuristic.estimate(RESNET_LIKE, config, hardware).cycles
-        assert predicted == pytest.approx(cycles(RESNET_LIKE, config, hardware), rel=0.1)
+@pytest.mark.parametrize(
+    "workload", [RESNET_LIKE, Workload(1, 16, 20, 20, 32, 3, 3, padding=(1, 1, 1, 1), relu=True)]
+)
+def test_estimate_tracks_the_simulator(workload, hardware):
+    """The analytic model is what the default and the cost model's features rest on: over
+    the whole fitting space its median error is under 2 %, and its pick is the optimum."""
+    simulated = {
+        config: cycles(workload, config, hardware)
+        for config in search_space.fitting_configs(workload, hardware)
+    }
+    errors = sorted(
+        abs(heuristic.estimate(workload, config, hardware).cycles / sim - 1)
+        for config, sim in simulated.items()
+    )
+    assert errors[len(errors) // 2] < 0.02
+    pick = heuristic.default_config(workload, hardware)
+    assert simulated[pick] == min(simulated.values())

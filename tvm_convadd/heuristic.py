@@ -27,6 +27,7 @@ class TileCost:
     """Cycles of one tile on each unit, and the on-chip bytes of one slot of its buffers."""
 
     load: int
+    conv_operands: int  # the part of `load` the first CONV waits for (input, weights)
     conv: int
     add: int
     store: int
@@ -66,20 +67,19 @@ def tile_cost(workload: Workload, axis: str, length: int, hardware: HardwareConf
     top, _, left, _ = wl.padding
     out_region = ((0, batch), (0, channels), (0, rows), (0, cols))
     inp_region = ((0, batch), (0, wl.in_channels), (-top, in_rows), (-left, in_cols))
-    loads = [
-        hardware.region_dma_cycles(inp_region, wl.data_shape, dtype),
-        hardware.region_dma_cycles(out_region, wl.out_shape, dtype),  # the residual
-    ]
+    conv_operands = hardware.region_dma_cycles(inp_region, wl.data_shape, dtype)
+    loads = [hardware.region_dma_cycles(out_region, wl.out_shape, dtype)]  # the residual
     if axis == "channel":  # weights and bias follow the output channels into the tile loop
         wgt_region = ((0, channels), *((0, d) for d in wl.weight_shape[1:]))
-        loads.append(hardware.region_dma_cycles(wgt_region, wl.weight_shape, dtype))
+        conv_operands += hardware.region_dma_cycles(wgt_region, wl.weight_shape, dtype)
         if wl.bias:
             bias_region = ((0, 1), (0, channels), (0, 1), (0, 1))
             loads.append(hardware.region_dma_cycles(bias_region, wl.bias_shape, dtype))
     out = batch * channels * rows * cols
     reduction = wl.in_channels * wl.kernel_h * wl.kernel_w
     return TileCost(
-        load=sum(loads),
+        load=conv_operands + sum(loads),
+        conv_operands=conv_operands,
         conv=hardware.conv_cycles(batch * rows * cols, reduction, channels),
         add=hardware.add_cycles(out),
         store=hardware.region_dma_cycles(out_region, wl.out_shape, dtype),
@@ -104,7 +104,11 @@ def estimate(workload: Workload, config: TileConfig, hardware: HardwareConfig) -
                 whole(workload.bias_shape), workload.bias_shape, workload.dtype
             )
     first = full if tiles > 1 else last
-    fill = once + first.load + first.conv + first.add + first.store
+    # the first tile: its loads, its conv, its add, its store; software pipelining issues the
+    # epilogue's loads after the conv's, so they run under the first conv
+    epilogue_loads = first.load - first.conv_operands
+    overlap = min(first.conv, epilogue_loads) if config.pipeline == "software" else 0
+    fill = once + first.load + first.conv + first.add + first.store - overlap
     if config.pipeline == "none":
         # one slot per buffer: load(i+1) waits for add(i) to free the residual, conv(i+1) for
         # that load: Add, Load and Conv run back to back
