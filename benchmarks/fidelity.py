@@ -160,7 +160,11 @@ def _slot(buffer: str, shape: tuple[int, ...]):
 
 
 def scalesim_cycles(shapes: list[ConvShape], python: str | None) -> dict[tuple, int]:
-    """SCALE-Sim's compute cycles per (shape, dataflow), run in its side venv; {} if absent."""
+    """SCALE-Sim's compute cycles per (shape, dataflow), run in its side venv; {} if absent.
+
+    The count is the length of its demand matrices; its COMPUTE_REPORT prints the index of the
+    last cycle, one less (benchmarks/SCALESIM.md, quirk 2).
+    """
     if not python or not Path(python).exists():
         return {}
     layers = [
@@ -182,13 +186,13 @@ def scalesim_cycles(shapes: list[ConvShape], python: str | None) -> dict[tuple, 
         for index, s in enumerate(shapes)
         for dataflow in DATAFLOWS
     ]
-    done = subprocess.run(
-        [python, str(ORACLE)], input=json.dumps(layers), capture_output=True, text=True
+    done = subprocess.run(  # --trim: TVM's floor output size, not SCALE-Sim's ceil
+        [python, str(ORACLE), "--trim"], input=json.dumps(layers), capture_output=True, text=True
     )
     if done.returncode != 0:
         sys.exit(f"fidelity: SCALE-Sim oracle failed: {done.stderr.strip().splitlines()[-1:]}")
     return {
-        (int(row["name"].split(":")[0]), row["dataflow"]): int(row["scalesim_compute_cycles"])
+        (int(row["name"].split(":")[0]), row["dataflow"]): int(row["scalesim_demand_rows"])
         for row in json.loads(done.stdout)
     }
 
@@ -228,15 +232,16 @@ def table(title: str, shapes: list[ConvShape], configs: dict[str, HardwareConfig
 
 
 def closed_form(pixels: int, reduction: int, channels: int, dataflow: str, rows=16, cols=16):
-    """SCALE-Sim's per-fold count written out independently of HardwareConfig:
-    folds x (2R + C + T - 2), with (Sr, Sc, T) picked by the dataflow."""
+    """SCALE-Sim's demand-matrix length written out apart from HardwareConfig: folds x
+    (2R + C + T - 2) for ws/is, folds x (R + C + T - 2) for os (benchmarks/SCALESIM.md)."""
     sr, sc, t = {
         "ws": (reduction, channels, pixels),
         "os": (pixels, channels, reduction),
         "is": (reduction, pixels, channels),
     }[dataflow]
     folds = -(-sr // rows) * -(-sc // cols)
-    return folds * (2 * rows + cols + t - 2)
+    preload = 0 if dataflow == "os" else rows
+    return folds * (preload + rows + cols + t - 2)
 
 
 def main() -> None:

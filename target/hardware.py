@@ -114,14 +114,18 @@ class HardwareConfig:
           ws: the weights stay, K over the rows and N over the columns; the P pixels stream.
           os: each PE keeps one output, P over the rows and N over the columns; K streams.
           is: the inputs stay, K over the rows and P over the columns; the N filters stream.
-        The array walks ceil(Sr/R) x ceil(Sc/C) folds; a partial fold costs a full one, its
-        idle rows and columns are the poor utilization of a channel count off the array.
-        One fold on an R x C array costs 2R + C + T - 2 cycles:
-          R       fill: the stationary operand enters, one array row per cycle (for os the
-                  first partial sums, for ws/is the weights / inputs being preloaded);
+        The array walks ceil(Sr/R) x ceil(Sc/C) folds one after another; a partial fold costs a
+        full one (SCALE-Sim pads it to R x C), its idle PEs the poor utilization of a channel
+        count off the array. One fold of ws or is on an R x C array costs 2R + C + T - 2:
+          R       fill: the stationary tile (weights / inputs) enters, one array row a cycle;
           T       stream: one vector of the moving operand enters per cycle;
           R - 1   skew: row r receives its stream r cycles after row 0;
-          C - 1   drain: the last results ripple through the columns to the array's edge.
+          C - 1   drain: the partial sums ripple across the columns to the array's edge.
+        One fold of os costs R + C + T - 2: nothing is preloaded (the outputs build up in
+        place), the T = K reduction steps stream with R - 1 of row skew and C - 1 of column
+        skew, and SCALE-Sim charges no separate drain of the finished outputs.
+        These are SCALE-Sim 3.0's demand-matrix lengths, checked equal on 120 random layers
+        (benchmarks/SCALESIM.md); its report prints the last cycle's 0-based index, one less.
         `fill_drain` False (the ideal machine) keeps only T: every fold is pure streaming.
         """
         sr, sc, t = {
@@ -130,7 +134,8 @@ class HardwareConfig:
             "is": (reduction, pixels, channels),
         }[self.dataflow]
         rows, cols = self.array_rows, self.array_cols
-        overhead = 2 * rows + cols - 2 if self.fill_drain else 0
+        preload = 0 if self.dataflow == "os" else rows
+        overhead = preload + rows + cols - 2 if self.fill_drain else 0
         return ConvMapping(sr, sc, t, _ceil_div(sr, rows), _ceil_div(sc, cols), t + overhead)
 
     def conv_cycles(self, pixels: int, reduction: int, channels: int) -> int:

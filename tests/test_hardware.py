@@ -161,21 +161,23 @@ def _array(dataflow: str, rows: int = 16, cols: int = 16, fill_drain: bool = Tru
     )
 
 
-# Hand-derived: one fold on R x C costs 2R + C + T - 2 (here 46 + T on 16x16), issue 4.
+# Hand-derived: one fold on R x C costs 2R + C + T - 2 for ws and is (46 + T on 16x16),
+# R + C + T - 2 for os (30 + T: no stationary operand to preload); plus the issue cost.
 @pytest.mark.parametrize(
-    ("dataflow", "pixels", "reduction", "channels", "folds", "temporal"),
+    ("dataflow", "pixels", "reduction", "channels", "folds", "per_fold"),
     [
-        ("ws", 100, 16, 16, 1, 100),  # one fold: K = 16 rows, N = 16 columns, P streams
-        ("ws", 50, 64, 32, 4 * 2, 50),  # several folds: K over 4 row folds, N over 2
-        ("ws", 10, 17, 20, 2 * 2, 10),  # partial folds: 17 rows and 20 columns need two each
-        ("os", 100, 27, 16, 7 * 1, 27),  # P over 7 row folds (the last holds 4), K streams
-        ("is", 100, 27, 16, 2 * 7, 16),  # K over 2 row folds, P over 7 column folds, N streams
+        ("ws", 100, 16, 16, 1, 46 + 100),  # one fold: K = 16 rows, N = 16 columns, P streams
+        ("ws", 50, 64, 32, 4 * 2, 46 + 50),  # several folds: K over 4 row folds, N over 2
+        ("ws", 10, 17, 20, 2 * 2, 46 + 10),  # partial folds: 17 rows, 20 columns need two each
+        ("os", 100, 27, 16, 7 * 1, 30 + 27),  # P over 7 row folds (the last holds 4), K streams
+        ("os", 16, 16, 16, 1, 30 + 16),  # os, one fold
+        ("is", 100, 27, 16, 2 * 7, 46 + 16),  # K over 2 row folds, P over 7 column folds
     ],
 )
-def test_conv_cycles_by_hand(dataflow, pixels, reduction, channels, folds, temporal):
+def test_conv_cycles_by_hand(dataflow, pixels, reduction, channels, folds, per_fold):
     config = _array(dataflow)
     assert config.conv_mapping(pixels, reduction, channels).folds == folds
-    expected = folds * (2 * 16 + 16 + temporal - 2) + config.issue_cycles
+    expected = folds * per_fold + config.issue_cycles
     assert config.conv_cycles(pixels, reduction, channels) == expected
 
 
@@ -183,6 +185,9 @@ def test_conv_cycles_on_a_rectangular_array():
     config = _array("ws", rows=8, cols=32)
     # K = 20 over 8 rows: 3 row folds; N = 40 over 32 columns: 2; fold = 16 + 32 + 64 - 2
     assert config.conv_cycles(64, 20, 40) == 6 * 110 + config.issue_cycles
+    output_stationary = _array("os", rows=8, cols=32)
+    # P = 64 over 8 rows: 8 row folds; N = 40 over 32: 2; fold = 8 + 32 + 20 - 2
+    assert output_stationary.conv_cycles(64, 20, 40) == 16 * 58 + config.issue_cycles
 
 
 def test_ws_tiles_that_cut_the_pixels_pay_fill_and_drain_per_fold(default):
