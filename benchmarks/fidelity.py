@@ -1,9 +1,9 @@
 """CONV cycles of the simulated array against SCALE-Sim 3.0's compute model.
 
 For every conv of ResNet-50 as a whole layer, and for every distinct CONV tile shape the
-schedule emits on the offloaded layers, print the GEMM shape (P pixels, K = C_in*kh*kw,
-N output channels), the simulator's CONV cycles, the closed form of
-`HardwareConfig.conv_mapping`, and SCALE-Sim's compute cycles when its side venv exists.
+schedule emits on the layers offloaded from the built-in networks, print the GEMM shape
+(P pixels, K = C_in*kh*kw, N output channels), the simulator's CONV cycles, the closed form
+of SCALE-Sim's count, and SCALE-Sim's own compute cycles when its side venv exists.
 Each dataflow (ws, os, is) runs on a 16x16 array.
 
 The simulator's figure is a CONV instruction's duration in a timing-only run, less the issue
@@ -28,7 +28,7 @@ from tqdm import tqdm
 from tvm import relax
 
 from tvm_convadd.heuristic import default_config
-from tvm_convadd.networks import resnet50
+from tvm_convadd.networks import NETWORKS, get_network, resnet50
 from tvm_convadd.partition import PartitionConvAdd, fused_functions, prepare
 from tvm_convadd.schedules.workload import Workload
 from tvm_convadd.target.hardware import HardwareConfig, conv_gemm, load_config
@@ -94,10 +94,13 @@ def resnet50_convs(image_size: int) -> list[ConvShape]:
 
 
 def offloaded_workloads(image_size: int) -> list[Workload]:
-    """The distinct workloads PartitionConvAdd offloads from ResNet-50."""
-    mod, params = resnet50(image_size=image_size)
-    fused = fused_functions(PartitionConvAdd()(prepare(mod, params)))
-    return sorted({f.workload for f in fused.values()}, key=lambda w: w.key)
+    """The distinct workloads PartitionConvAdd offloads from the built-in networks."""
+    workloads = set()
+    for name in NETWORKS:
+        mod, params = get_network(name, image_size=image_size)
+        fused = fused_functions(PartitionConvAdd()(prepare(mod, params)))
+        workloads |= {f.workload for f in fused.values()}
+    return sorted(workloads, key=lambda w: w.key)
 
 
 def emitted_tile_shapes(workloads: list[Workload], hardware: HardwareConfig) -> list[ConvShape]:
@@ -273,8 +276,8 @@ def main() -> None:
     if tiles:
         tile_oracle = {(i - len(layers), d): v for (i, d), v in oracle.items() if i >= len(layers)}
         tile_worst = table(
-            f"every CONV tile shape emitted on the {len(tiles)} offloaded shapes (default "
-            "config's heuristic tiles)",
+            f"all {len(tiles)} CONV tile shapes the heuristic's tiles emit on the layers "
+            f"offloaded from {', '.join(NETWORKS)} (default config)",
             tiles,
             configs,
             tile_oracle,
