@@ -80,7 +80,8 @@ def lower_to_program(
 @dataclass
 class _Access:
     buffer: tirx.Buffer
-    indices: list
+    indices: list  # one index per dimension (with `extents`: the start of each range)
+    extents: list | None = None  # a declared region's extents, else one element per index
 
 
 @dataclass
@@ -148,6 +149,10 @@ class _Walker:
         unit = str(block.annotations[UNIT_ATTR])
         target = str(block.annotations[BUFFER_ATTR])
         store, loads = _accesses(block)
+        if unit == "load" and not loads:
+            # A window entirely in padding: StmtSimplify folded the body to a constant zero and
+            # dropped the tensor read, but the block's declared read region still names it.
+            loads = _declared_reads(block)
         write = self._operand(store, env, domain, name=target)
         reads = {self._name(a.buffer): self._operand(a, env, domain) for a in loads}
         self.instructions.append(self._instruction(unit, write, reads))
@@ -188,9 +193,13 @@ class _Walker:
     def _operand(self, access: _Access, env: dict, domain: dict, name: str | None = None):
         dom = {v: sym.IntervalSet(lo, hi) for v, (lo, hi) in domain.items()}
         bounds = []
-        for index in access.indices:
+        for dim, index in enumerate(access.indices):
             bound = self.analyzer.int_set(self.analyzer.simplify(_substitute(index, env)), dom)
-            bounds.append((int(bound.min_value), int(bound.max_value)))
+            low, high = int(bound.min_value), int(bound.max_value)
+            if access.extents is not None:  # a declared range: its last element bounds it
+                last = self.analyzer.simplify(_substitute(index + access.extents[dim] - 1, env))
+                high = int(self.analyzer.int_set(last, dom).max_value)
+            bounds.append((low, high))
         if access.buffer.name in self.dram:
             region = tuple((lo, hi - lo + 1) for lo, hi in bounds)
             return Dram(self.dram[access.buffer.name], region)
@@ -275,6 +284,14 @@ def _accesses(block) -> tuple[_Access, list[_Access]]:
         raise ProgramError(f"stage block {block.name_hint!r} must store into exactly one buffer")
     store = stores[-1]
     return store, [a for a in loads if a.buffer.name != store.buffer.name]
+
+
+def _declared_reads(block) -> list[_Access]:
+    """The block's declared read regions (T.reads), for a body with no load left in it."""
+    return [
+        _Access(r.source, [rng.min for rng in r.region], [rng.extent for rng in r.region])
+        for r in block.reads
+    ]
 
 
 def _walk(func: tirx.PrimFunc, workload: Workload, config: TileConfig) -> Program:

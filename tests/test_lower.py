@@ -107,3 +107,68 @@ def test_derive_tokens_needs_no_token_within_one_unit():
     flat = [inst for unit in UNITS for inst in program.streams[unit]]
     loads_only = [inst for inst in flat if inst.unit == "load"]
     assert all(not i.wait and not i.signal for i in derive_tokens(loads_only)["load"])
+
+
+# Conv windows that touch only padding along some axis: TVM folds such an input tile's load to
+# a constant zero, and the lowering must still emit the LOAD (a zero fill) the CONV reads.
+PADDING_ONLY = {
+    "height_1x1": Workload(1, 1, 1, 1, 1, 1, 1, stride=(2, 1), padding=(1, 0, 0, 0)),
+    "width_1x1": Workload(1, 1, 1, 1, 1, 1, 1, stride=(1, 2), padding=(0, 1, 0, 0)),
+    "height_strided": Workload(1, 2, 2, 3, 2, 1, 1, stride=(3, 1), padding=(1, 0, 0, 0)),
+    "width_asymmetric": Workload(1, 2, 3, 2, 2, 3, 1, stride=(1, 3), padding=(1, 1, 1, 0)),
+    "both_asymmetric": Workload(
+        1, 2, 1, 1, 3, 1, 1, stride=(2, 2), padding=(1, 1, 0, 0), bias=True, relu=True
+    ),
+    # not one padding-only window for the whole conv, but whole tiles of them
+    "tiles_in_padding": Workload(
+        2, 2, 3, 4, 3, 2, 2, stride=(2, 2), padding=(2, 0, 1, 3), bias=True, relu=True
+    ),
+}
+
+
+def torch_convadd(workload: Workload, inputs: list[np.ndarray]) -> np.ndarray:
+    """conv2d [+ bias] + residual [+ relu] computed by torch, independently of the project."""
+    torch = pytest.importorskip("torch")
+    functional = torch.nn.functional
+    data, weight, *rest = (torch.from_numpy(x).double() for x in inputs)
+    top, left, bottom, right = workload.padding
+    out = functional.conv2d(
+        functional.pad(data, (left, right, top, bottom)), weight, stride=workload.stride
+    )
+    if workload.bias:
+        out = out + rest.pop(0)
+    out = out + rest[0]
+    if workload.relu:
+        out = torch.relu(out)
+    return out.numpy()
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("name", PADDING_ONLY)
+def test_padding_only_windows_lower_and_match_torch(name, mode):
+    from tvm_convadd.target.hardware import load_config
+    from tvm_convadd.target.simulator import simulate
+
+    workload, hardware = PADDING_ONLY[name], load_config("ideal")
+    rng = np.random.default_rng(0)
+    inputs = [rng.standard_normal(s).astype("float32") for s in workload.input_shapes]
+    expected = torch_convadd(workload, inputs)
+    for axis in ("height", "width", "channel"):
+        for n_tiles in range(1, TileConfig(1, axis).axis_extent(workload) + 1):
+            program = lower_to_program(workload, TileConfig(n_tiles, axis, mode), hardware)
+            loads = [i for i in program.streams["load"] if i.dst.buffer == "inp"]
+            assert loads and all(i.src.tensor == "data" for i in loads)
+            result = simulate(program, hardware, dict(zip(workload.input_names, inputs)))
+            np.testing.assert_allclose(result.outputs["output"], expected, rtol=1e-5, atol=1e-5)
+
+
+def test_padding_only_load_is_a_zero_fill_of_the_whole_tile():
+    workload = PADDING_ONLY["height_1x1"]
+    program = lower_to_program(workload, TileConfig(1, "height", "none"))
+    (load,) = [i for i in program.streams["load"] if i.dst.buffer == "inp"]
+    assert load.dst.region == ((0, 1), (0, 1), (0, 1), (0, 1))
+    # no element of the source lies inside the tensor (row -1 is top padding)
+    assert any(
+        extent == 0 or start + extent <= 0 or start >= dim
+        for (start, extent), dim in zip(load.src.region, workload.data_shape)
+    )

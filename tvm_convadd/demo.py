@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import tvm
 
+from tvm_convadd.errors import TileConfigError
 from tvm_convadd.partition import (
     PartitionConvAdd,
     describe,
@@ -39,18 +40,24 @@ def run_demo(n_tiles: int = 4, pipeline: str = "software") -> int:
 
     mod, params = bottleneck_block()
     prepared = prepare(mod, params)
-    _section("1. which conv2d fuse with the add after them")
-    print(format_explanation(explain(prepared)))
-
     partitioned = PartitionConvAdd()(prepared)
     symbol = next(iter(fused_functions(partitioned)))
-    _section(f"2. the fused function {symbol} (offloaded to codegen 'convadd')")
     func = next(f for _, f in partitioned.functions.items() if f.attrs and "Codegen" in f.attrs)
-    print(func.script())
     workload = describe(func).workload
+    rows = workload.out_height  # checked before anything is printed
+    if isinstance(n_tiles, bool) or not isinstance(n_tiles, int) or not 1 <= n_tiles <= rows:
+        raise TileConfigError(
+            f"tile count {n_tiles!r}: the demo block's output has {rows} rows to tile along "
+            f"height; use --tiles 1 to {rows}"
+        )
+    config = TileConfig(n_tiles, "height", pipeline)
+
+    _section("1. which conv2d fuse with the add after them")
+    print(format_explanation(explain(prepared)))
+    _section(f"2. the fused function {symbol} (offloaded to codegen 'convadd')")
+    print(func.script())
     print(f"workload: {workload}")
 
-    config = TileConfig(min(n_tiles, workload.out_height), "height", pipeline)
     sch = schedule_convadd(workload, config)
     _section(f"3. the scheduled TensorIR: {config}")
     print(sch.mod.script())

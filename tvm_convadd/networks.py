@@ -92,8 +92,12 @@ def _build(
     image_size: int, batch: int, seed: int, body: Callable[[_Builder, relax.Var], relax.Expr]
 ) -> tuple[tvm.IRModule, Params]:
     """Wrap `body` in a `main(image, *weights)` whose weights are listed in params."""
-    if image_size < 32:
-        raise ConvAddError(f"image_size {image_size}: the networks downsample 32x; use >= 32")
+    if not _is_int(image_size) or image_size < 32:
+        raise ConvAddError(
+            f"image_size {image_size!r}: the networks downsample 32x; use an integer >= 32"
+        )
+    if not _is_int(batch) or batch < 1:
+        raise ConvAddError(f"batch {batch!r}: use an integer >= 1")
     builder = _Builder(seed)
     image = relax.Var("image", relax.TensorType((batch, 3, image_size, image_size), "float32"))
     with builder.bb.function("main", attrs={"num_input": 1}):
@@ -101,6 +105,27 @@ def _build(
             out = builder.bb.emit_output(body(builder, image))
         builder.bb.emit_func_output(out, params=[image, *builder.param_vars])
     return builder.bb.finalize(), builder.params
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+MAX_WIDTH = 4.0  # beyond this the weights alone run to gigabytes
+
+
+def check_width(width) -> float:
+    """`width` as a float if it is a finite channel multiplier in (0, MAX_WIDTH], else an error."""
+    try:
+        value = float(width)
+    except (TypeError, ValueError):
+        value = float("nan")
+    if isinstance(width, bool) or not 0 < value <= MAX_WIDTH:  # nan fails both comparisons
+        raise ConvAddError(
+            f"width {width!r}: the channel multiplier must be a number in (0, {MAX_WIDTH:g}], "
+            "e.g. 0.25 for a quarter of the channels"
+        )
+    return value
 
 
 def _scaled(channels: int, width: float) -> int:
@@ -156,6 +181,7 @@ def resnet50(
     seed: int = 0,
 ) -> tuple[tvm.IRModule, Params]:
     """ResNet-50 v1.5 (bottlenecks [3, 4, 6, 3]: 16 residual adds)."""
+    width = check_width(width)
     body = _resnet(_bottleneck, 4, (3, 4, 6, 3), width, num_classes)
     return _build(image_size, batch, seed, body)
 
@@ -168,6 +194,7 @@ def resnet18(
     seed: int = 0,
 ) -> tuple[tvm.IRModule, Params]:
     """ResNet-18 (basic blocks [2, 2, 2, 2]: 8 residual adds)."""
+    width = check_width(width)
     body = _resnet(_basic, 1, (2, 2, 2, 2), width, num_classes)
     return _build(image_size, batch, seed, body)
 
@@ -203,6 +230,7 @@ def mobilenet_v2(
     seed: int = 0,
 ) -> tuple[tvm.IRModule, Params]:
     """MobileNetV2 (10 residual adds of a linear bottleneck; depthwise convs stay unfused)."""
+    width = check_width(width)
 
     def body(net: _Builder, image: relax.Var) -> relax.Expr:
         out = net.relu6(net.conv_bn("stem", image, _scaled(32, width), 3, 2))
