@@ -30,11 +30,13 @@ def assert_close(got: np.ndarray, want: np.ndarray) -> None:
 
 
 @pytest.mark.parametrize(
-    ("name", "fused_adds"), [("resnet50", 16), ("resnet18", 8), ("mobilenet_v2", 10)]
+    ("name", "fused_adds", "kernels"),
+    [("resnet50", 16, 4), ("resnet18", 8, 4), ("mobilenet_v2", 10, 5)],
 )
-def test_offloaded_network_equals_llvm(name, fused_adds):
+def test_offloaded_network_equals_llvm(name, fused_adds, kernels):
     mod, params = get_network(name, **SMALL)
     net = build(mod, "convadd-sim", params)
+    assert (net.num_offloaded, net.num_kernels) == (fused_adds, kernels)  # equal layers share
     x = image((1, 3, 32, 32))
     out = net.run(x)
     assert len(net.session.runs) == fused_adds  # every residual add ran on the accelerator

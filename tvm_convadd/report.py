@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tvm_convadd.codegen import LayerRun, OffloadSession
+from tvm_convadd.codegen import LayerRun, OffloadSession, RunRecorder
 from tvm_convadd.target.simulator import SimResult
 
 
@@ -129,6 +129,7 @@ def layer_report(run: LayerRun) -> LayerReport:
     )
 
 
-def network_report(session: OffloadSession) -> NetworkReport:
-    """The report of the last run, layers in the order the VM called them."""
+def network_report(session: OffloadSession | RunRecorder) -> NetworkReport:
+    """The report of a build's last run, or of what a `recording()` block ran (a loaded
+    executable in another process too), layers in the order the VM called them."""
     return NetworkReport(tuple(layer_report(run) for run in session.runs))
