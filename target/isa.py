@@ -4,29 +4,90 @@ Four units run concurrently, each through its own in-order stream. An instructio
 for a token from other units before it starts and `signal` a token to other units when it
 finishes; tokens between a pair of units travel through a FIFO queue (VTA's push/pop flags).
 On-chip operands name a buffer, a slot of it (ping = 0, pong = 1) and a region of the slot;
-DRAM operands name a tensor and a region of it (a LOAD region may run past the tensor's edge:
-those elements are padding and read as zero).
+DRAM operands name a tensor and a region of it, which lies inside the tensor. Padding is
+explicit: a LOAD's `pad` says how many zeros surround its `src` in `dst`, per dimension.
+
+`Program.from_json` is the door for programs from files: it checks every field's type (an int
+is an int, not "3", 3.0 or true) so that a bad file fails with one ProgramError naming the
+field, never later inside the simulator.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field
 from typing import ClassVar
 
 from tvm_convadd.errors import ProgramError
 
 UNITS = ("load", "conv", "add", "store")
 Region = tuple[tuple[int, int], ...]  # (start, extent) per dimension
+DTYPES = ("float16", "float32", "float64")  # element types a buffer or program may have
 
 
-def _region(value, what: str) -> Region:
-    try:
-        region = tuple((int(start), int(extent)) for start, extent in value)
-    except (TypeError, ValueError) as err:
-        raise ProgramError(f"{what}: region {value!r} is not a list of [start, extent]") from err
-    if any(extent < 1 for _, extent in region):
-        raise ProgramError(f"{what}: region {region} has an empty dimension")
+def _show(value) -> str:
+    """A bad value for a one-line message: its repr, cut short if it is a whole subtree."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _int(value, what: str, low: int | None = None) -> int:
+    """`value` itself if it is a JSON integer (not a bool, float or string) and >= `low`."""
+    if type(value) is not int or (low is not None and value < low):
+        bound = f" >= {low}" if low is not None else ""
+        raise ProgramError(f"{what} {_show(value)}: must be an integer{bound}")
+    return value
+
+
+def _str(value, what: str) -> str:
+    if not isinstance(value, str):
+        raise ProgramError(f"{what} {_show(value)}: must be a string")
+    return value
+
+
+def _object(value, what: str, required: tuple[str, ...] = (), optional=()) -> dict:
+    """A JSON object with every `required` key and no key outside `required` + `optional`."""
+    if not isinstance(value, dict):
+        raise ProgramError(f"{what} {_show(value)}: must be an object with {list(required)}")
+    missing = [key for key in required if key not in value]
+    if missing:
+        raise ProgramError(f"{what} {_show(value)}: missing {missing}; it needs {list(required)}")
+    unknown = sorted(set(value) - set(required) - set(optional))
+    if unknown:
+        raise ProgramError(f"{what}: unknown field(s) {unknown}; fields: {[*required, *optional]}")
+    return value
+
+
+def _list(value, what: str) -> list:
+    if not isinstance(value, list):
+        raise ProgramError(f"{what} {_show(value)}: must be a list")
+    return value
+
+
+def _dtype(value, what: str) -> str:
+    if not isinstance(value, str) or value not in DTYPES:
+        raise ProgramError(f"{what} {_show(value)}: choose one of {list(DTYPES)}")
+    return value
+
+
+def _shape(value, what: str) -> tuple[int, ...]:
+    return tuple(_int(dim, f"{what}[{i}]", 1) for i, dim in enumerate(_list(value, what)))
+
+
+def _pairs(value, what: str, kind: str) -> tuple[tuple[int, int], ...]:
+    """A list of two-integer lists ([start, extent] or [before, after])."""
+    ok = isinstance(value, list) and all(
+        isinstance(p, list) and len(p) == 2 and all(type(x) is int for x in p) for p in value
+    )
+    if not ok:
+        raise ProgramError(f"{what}: {_show(value)} is not a list of {kind} integer pairs")
+    return tuple((p[0], p[1]) for p in value)
+
+
+def _region(value, what: str, min_extent: int = 1) -> Region:
+    region = _pairs(value, what, "[start, extent]")
+    if any(extent < min_extent for _, extent in region):
+        raise ProgramError(f"{what}: region {format_region(region)} has an empty dimension")
     return region
 
 
@@ -58,14 +119,9 @@ class Slot:
 
     @classmethod
     def from_json(cls, data: dict, what: str) -> Slot:
-        try:
-            return cls(str(data["buffer"]), int(data["slot"]), _region(data["region"], what))
-        except ProgramError:
-            raise
-        except (KeyError, TypeError, ValueError) as err:
-            raise ProgramError(
-                f"{what}: on-chip operand {data!r} needs buffer, slot, region"
-            ) from err
+        data = _object(data, f"{what}: on-chip operand", ("buffer", "slot", "region"))
+        buffer = _str(data["buffer"], f"{what}.buffer")
+        return cls(buffer, _int(data["slot"], f"{what}.slot", 0), _region(data["region"], what))
 
 
 @dataclass(frozen=True)
@@ -82,11 +138,10 @@ class Dram:
         return {"tensor": self.tensor, "region": [list(r) for r in self.region]}
 
     @classmethod
-    def from_json(cls, data: dict, what: str) -> Dram:
-        try:
-            return cls(str(data["tensor"]), _region(data["region"], what))
-        except (KeyError, TypeError) as err:
-            raise ProgramError(f"{what}: DRAM operand {data!r} needs tensor, region") from err
+    def from_json(cls, data: dict, what: str, min_extent: int = 1) -> Dram:
+        data = _object(data, f"{what}: DRAM operand", ("tensor", "region"))
+        tensor = _str(data["tensor"], f"{what}.tensor")
+        return cls(tensor, _region(data["region"], what, min_extent))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -115,14 +170,62 @@ class Instruction:
         return " ".join(parts)
 
 
+Pad = tuple[tuple[int, int], ...]  # (zeros before, zeros after) per dimension
+
+
 @dataclass(frozen=True, kw_only=True)
 class Load(Instruction):
-    """DMA DRAM -> on-chip; elements outside the tensor are zero (padding)."""
+    """DMA DRAM -> on-chip: `src` (inside the tensor) lands in `dst` framed by `pad` zeros.
+
+    Per dimension, dst extent = before + src extent + after; `pad=()` means no padding. The
+    halo of a padded conv is the usual case. A window wholly in padding (a tile whose input
+    is all zeros) is a pure zero fill: its src is empty, extent 0 in a dimension whose pad
+    covers all of dst; it still names the tensor whose padding it is. `Load.padded` builds
+    either from a window that may run past the tensor's edge.
+    """
 
     opcode: ClassVar[str] = "LOAD"
     unit: ClassVar[str] = "load"
     dst: Slot
     src: Dram
+    pad: Pad = ()
+
+    def __post_init__(self) -> None:
+        no_padding = not any(before or after for before, after in self.pad)
+        if self.pad and no_padding and len(self.pad) == len(self.dst.region):
+            object.__setattr__(self, "pad", ())  # one spelling of "no padding": equality holds
+
+    @classmethod
+    def padded(
+        cls,
+        dst: Slot,
+        src: Dram,
+        shape: tuple[int, ...],
+        *,
+        wait: tuple[str, ...] = (),
+        signal: tuple[str, ...] = (),
+    ) -> Load:
+        """The LOAD of window `src` of a tensor of `shape`, clipped to the tensor, the rest pad."""
+        if len(src.region) != len(shape):
+            raise ProgramError(
+                f"LOAD of {src}: region rank {len(src.region)}, the tensor has {len(shape)} dims"
+            )
+        inside, pad = [], []
+        for (start, extent), dim in zip(src.region, shape):
+            low, high = min(max(start, 0), dim), min(max(start + extent, 0), dim)
+            before = min(max(-start, 0), extent)
+            inside.append((low, high - low))
+            pad.append((before, extent - before - (high - low)))
+        return cls(
+            dst=dst, src=Dram(src.tensor, tuple(inside)), pad=tuple(pad), wait=wait, signal=signal
+        )
+
+    @property
+    def padded_extents(self) -> tuple[int, ...]:
+        """The extents src fills with its pad: what dst's extents must be."""
+        if not self.pad:
+            return tuple(extent for _, extent in self.src.region)
+        return tuple(b + e + a for (_, e), (b, a) in zip(self.src.region, self.pad))
 
     def operands(self):
         return {"dst": self.dst, "src": self.src}
@@ -133,6 +236,10 @@ class Load(Instruction):
     def transfer_bytes(self, program: Program) -> int:
         """Bytes the DMA moves (padding elements included: the engine writes them)."""
         return region_size(self.dst.region) * _dtype_bytes(program.buffers[self.dst.buffer].dtype)
+
+
+def format_pad(pad: Pad) -> str:
+    return "[" + ", ".join(f"{before}+{after}" for before, after in pad) + "]"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -212,6 +319,8 @@ def instruction_to_json(inst: Instruction) -> dict:
     for name, operand in inst.operands().items():
         if operand is not None:
             data[name] = operand.to_json()
+    if isinstance(inst, Load) and inst.pad:
+        data["pad"] = [list(p) for p in inst.pad]
     if isinstance(inst, Conv):
         data["stride"] = list(inst.stride)
     if isinstance(inst, Add):
@@ -221,41 +330,59 @@ def instruction_to_json(inst: Instruction) -> dict:
     return data
 
 
+_OPERANDS = ("dst", "src", "inp", "wgt", "acc", "res", "out", "bias")
+_ATTRIBUTES = {"LOAD": ("pad",), "CONV": ("stride",), "ADD": ("relu",), "STORE": ()}
+
+
 def instruction_from_json(data: dict, where: str) -> Instruction:
-    op = data.get("op") if isinstance(data, dict) else data
+    """One instruction from its JSON object; every field is type-checked (ProgramError)."""
+    op = data.get("op") if isinstance(data, dict) else None
     if not isinstance(op, str) or op not in OPCODES:
-        raise ProgramError(f"{where}: unknown opcode {op!r}; expected one of {sorted(OPCODES)}")
-    cls = OPCODES[data["op"]]
-    kwargs: dict = {}
-    for key in ("wait", "signal"):
-        if not isinstance(data.get(key, []), (list, tuple)):
-            raise ProgramError(f"{where}: {key} must be a list of unit names, got {data[key]!r}")
-        units = tuple(str(u) for u in data.get(key, ()))
-        bad = [u for u in units if u not in UNITS]
-        if bad:
-            raise ProgramError(f"{where}: {key} names unknown units {bad}; units are {UNITS}")
-        kwargs[key] = units
-    probe = cls.__dataclass_fields__
-    for name in ("dst", "src", "inp", "wgt", "acc", "res", "out", "bias"):
-        if name not in probe or name not in data:
+        shown = _show(op if isinstance(data, dict) else data)
+        raise ProgramError(f"{where}: unknown opcode {shown}; expected one of {sorted(OPCODES)}")
+    cls = OPCODES[op]
+    fields = cls.__dataclass_fields__
+    operands = [name for name in _OPERANDS if name in fields]
+    required = [name for name in operands if fields[name].default is MISSING]
+    missing = [name for name in required if name not in data]
+    if missing:
+        raise ProgramError(f"{where}: {op} is missing an operand: {missing}; it needs {required}")
+    known = {"op", "wait", "signal", *operands, *_ATTRIBUTES[op]}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ProgramError(f"{where}: {op} has no field(s) {unknown}; fields: {sorted(known)}")
+    kwargs: dict = {key: _units(data.get(key, []), f"{where}: {key}") for key in ("wait", "signal")}
+    for name in operands:
+        if name not in data:
             continue
-        is_dram = (cls is Load and name == "src") or (cls is Store and name == "dst")
-        operand_cls = Dram if is_dram else Slot
-        kwargs[name] = operand_cls.from_json(data[name], f"{where} {cls.opcode}.{name}")
+        what = f"{where} {op}.{name}"
+        if (cls is Load and name == "src") or (cls is Store and name == "dst"):
+            kwargs[name] = Dram.from_json(data[name], what, min_extent=0 if cls is Load else 1)
+        else:
+            kwargs[name] = Slot.from_json(data[name], what)
+    if cls is Load and "pad" in data:  # its rank and signs: Program checks them, as for code
+        kwargs["pad"] = _pairs(data["pad"], f"{where} LOAD.pad", "[before, after]")
     if cls is Conv and "stride" in data:
-        try:
-            stride = tuple(int(s) for s in data["stride"])
-        except (TypeError, ValueError):
-            stride = ()
-        if len(stride) != 2 or min(stride) < 1:
-            raise ProgramError(f"{where}: CONV stride {data['stride']!r}: give two integers >= 1")
-        kwargs["stride"] = stride
-    if cls is Add:
-        kwargs["relu"] = bool(data.get("relu", False))
-    try:
-        return cls(**kwargs)
-    except TypeError as err:
-        raise ProgramError(f"{where}: {cls.opcode} is missing an operand ({err})") from err
+        stride = data["stride"]
+        ok = isinstance(stride, list) and len(stride) == 2
+        if not ok or not all(type(s) is int and s >= 1 for s in stride):
+            raise ProgramError(f"{where}: CONV stride {_show(stride)}: give two integers >= 1")
+        kwargs["stride"] = tuple(stride)
+    if cls is Add and "relu" in data:
+        relu = data["relu"]
+        if not isinstance(relu, bool):
+            raise ProgramError(f"{where} ADD.relu {_show(relu)}: must be true or false")
+        kwargs["relu"] = relu
+    return cls(**kwargs)
+
+
+def _units(value, what: str) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(u, str) for u in value):
+        raise ProgramError(f"{what} must be a list of unit names, got {_show(value)}")
+    bad = [u for u in value if u not in UNITS]
+    if bad:
+        raise ProgramError(f"{what} names unknown units {bad}; units are {UNITS}")
+    return tuple(value)
 
 
 @dataclass(frozen=True)
@@ -266,6 +393,9 @@ class BufferDecl:
     slots: int
     dtype: str = "float32"
 
+    def __post_init__(self) -> None:
+        _dtype(self.dtype, "buffer dtype")  # an unknown dtype would have no byte size
+
     @property
     def slot_bytes(self) -> int:
         size = 1
@@ -275,8 +405,7 @@ class BufferDecl:
 
 
 def _dtype_bytes(dtype: str) -> int:
-    bits = int("".join(ch for ch in dtype if ch.isdigit()) or 32)
-    return bits // 8
+    return int(dtype.removeprefix("float")) // 8
 
 
 @dataclass(frozen=True)
@@ -290,6 +419,7 @@ class Program:
     meta: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        _dtype(self.dtype, "program dtype")
         unknown = set(self.streams) - set(UNITS)
         if unknown:
             raise ProgramError(f"streams for unknown units {sorted(unknown)}; units are {UNITS}")
@@ -318,17 +448,28 @@ class Program:
                         f"{where}: slot {operand.slot} of {operand.buffer!r}, which has "
                         f"{decl.slots} slot(s): use 0..{decl.slots - 1}"
                     )
-                _check_inside(where, operand.region, decl.shape)
+                _check_inside(where, operand.region, decl.shape, "buffer")
             elif isinstance(operand, Dram):
-                if operand.tensor not in self.tensors:
+                shape = self.tensors.get(operand.tensor)
+                if shape is None:
                     raise ProgramError(
                         f"{where}: unknown tensor {operand.tensor!r}; declared: "
                         f"{sorted(self.tensors)}"
                     )
-                if len(operand.region) != len(self.tensors[operand.tensor]):
-                    raise ProgramError(f"{where}: region rank differs from the tensor's")
-                if isinstance(inst, Store):
-                    _check_inside(where, operand.region, self.tensors[operand.tensor])
+                if isinstance(inst, Load):  # may be empty: a pure zero fill
+                    fix = ": a LOAD's src lies inside the tensor, zeros outside it are its pad"
+                    _check_inside(where, operand.region, shape, "tensor", fix, min_extent=0)
+                else:
+                    _check_inside(where, operand.region, shape, "tensor")
+        if isinstance(inst, Load) and inst.pad:
+            where = f"{unit}#{index} LOAD.pad"
+            if len(inst.pad) != len(inst.dst.region):
+                raise ProgramError(
+                    f"{where} {format_pad(inst.pad)}: one (before, after) per dimension of dst, "
+                    f"which has {len(inst.dst.region)}"
+                )
+            if any(before < 0 or after < 0 for before, after in inst.pad):
+                raise ProgramError(f"{where} {format_pad(inst.pad)}: zero counts must be >= 0")
 
     @property
     def num_instructions(self) -> int:
@@ -346,6 +487,8 @@ class Program:
             for index, inst in enumerate(self.streams[unit]):
                 ops = ", ".join(f"{k}={v}" for k, v in inst.operands().items() if v is not None)
                 extra = ""
+                if isinstance(inst, Load) and inst.pad:
+                    extra = f", pad={format_pad(inst.pad)}"
                 if isinstance(inst, Conv):
                     extra = f", stride={inst.stride[0]}x{inst.stride[1]}"
                 if isinstance(inst, Add) and inst.relu:
@@ -386,40 +529,63 @@ class Program:
             raise ProgramError(
                 f"program JSON does not parse at line {err.lineno} column {err.colno}: {err.msg}"
             ) from err
-        if not isinstance(data, dict) or data.get("version") != 1:
+        if not isinstance(data, dict) or type(data.get("version")) is not int:
             raise ProgramError("not a tvm-convadd program: expected an object with version 1")
-        try:
-            buffers = {
-                k: BufferDecl(
-                    tuple(int(x) for x in d["shape"]), int(d["slots"]), d.get("dtype", "float32")
-                )
-                for k, d in data["buffers"].items()
-            }
-            tensors = {k: tuple(int(x) for x in v) for k, v in data["tensors"].items()}
-            streams = {
-                unit: tuple(
-                    instruction_from_json(item, f"{unit}#{index}")
-                    for index, item in enumerate(items)
-                )
-                for unit, items in data["streams"].items()
-            }
-        except ProgramError:
-            raise
-        except KeyError as err:
-            raise ProgramError(f"program JSON is missing a field: {err}") from err
-        except (TypeError, ValueError, AttributeError) as err:
-            raise ProgramError(f"program JSON has a malformed buffer or tensor: {err}") from err
-        return cls(streams, buffers, tensors, data.get("dtype", "float32"), data.get("meta", {}))
+        if data["version"] != 1:
+            raise ProgramError(f"program version {data['version']}: this tvm-convadd reads 1")
+        for key in ("tensors", "buffers", "streams"):
+            if key not in data:
+                raise ProgramError(f"program JSON is missing a field: {key!r}")
+        dtype = _dtype(data.get("dtype", "float32"), "program dtype")
+        meta = data.get("meta", {})
+        if not isinstance(meta, dict):
+            raise ProgramError(f"program meta {_show(meta)}: must be an object")
+        tensors = {
+            name: _shape(shape, f"tensor {name!r} shape")
+            for name, shape in _mapping(data["tensors"], "program tensors").items()
+        }
+        buffers = {
+            name: _buffer(decl, f"buffer {name!r}")
+            for name, decl in _mapping(data["buffers"], "program buffers").items()
+        }
+        streams = {
+            unit: tuple(
+                instruction_from_json(item, f"{unit}#{index}")
+                for index, item in enumerate(_list(items, f"stream {unit!r}"))
+            )
+            for unit, items in _mapping(data["streams"], "program streams").items()
+        }
+        return cls(streams, buffers, tensors, dtype, meta)
 
 
-def _check_inside(where: str, region: Region, shape: tuple[int, ...]) -> None:
+def _mapping(value, what: str) -> dict:
+    if not isinstance(value, dict):
+        raise ProgramError(f"{what} {_show(value)}: must be an object of name -> entry")
+    return value
+
+
+def _buffer(value, what: str) -> BufferDecl:
+    data = _object(value, what, ("shape", "slots"), ("dtype",))
+    return BufferDecl(
+        _shape(data["shape"], f"{what} shape"),
+        _int(data["slots"], f"{what} slots", 1),
+        _dtype(data.get("dtype", "float32"), f"{what} dtype"),
+    )
+
+
+def _check_inside(
+    where: str, region: Region, shape: tuple[int, ...], kind: str, fix: str = "", min_extent=1
+) -> None:
+    """`region` of the same rank as the `kind` ("buffer", "tensor") of `shape` and inside it."""
     if len(region) != len(shape):
         raise ProgramError(
             f"{where}: region {format_region(region)} has rank {len(region)}, "
-            f"the buffer has rank {len(shape)}"
+            f"the {kind} has rank {len(shape)}"
         )
     for (start, extent), dim in zip(region, shape):
+        if extent < min_extent:
+            raise ProgramError(f"{where}: region {format_region(region)} has an empty dimension")
         if start < 0 or start + extent > dim:
             raise ProgramError(
-                f"{where}: region {format_region(region)} runs outside shape {list(shape)}"
+                f"{where}: region {format_region(region)} runs outside shape {list(shape)}{fix}"
             )

@@ -6,7 +6,9 @@ Because tokens travel through FIFO queues the schedule is a Kahn network: the re
 not depend on the order in which we advance the units, so we advance each as far as it can.
 
 Happens-before is tracked with vector clocks (a token carries its sender's clock), which
-makes the hazard check O(units) per operand and valid in timing-only mode too.
+makes the hazard check O(units) per operand and valid in timing-only mode too. A read must
+also be covered by the union of the slot's earlier writes: a LOAD that fills half of what a
+CONV reads is a HazardError, not a silently wrong output.
 """
 
 from __future__ import annotations
@@ -19,7 +21,17 @@ from typing import TYPE_CHECKING, NamedTuple
 import numpy as np
 
 from tvm_convadd.errors import BufferOverflowError, DeadlockError, HazardError, ProgramError
-from tvm_convadd.target.isa import UNITS, Add, Conv, Dram, Load, Program, Slot, Store
+from tvm_convadd.target.isa import (
+    UNITS,
+    Add,
+    Conv,
+    Load,
+    Program,
+    Slot,
+    Store,
+    format_pad,
+    format_region,
+)
 
 if TYPE_CHECKING:
     from tvm_convadd.target.hardware import HardwareConfig
@@ -80,6 +92,9 @@ def simulate(
 ) -> SimResult:
     """Run `program` on `hardware`; functional mode also computes every DRAM tensor with numpy.
 
+    In functional mode `tensors` must give every tensor a LOAD reads, each in the program's
+    shape; tensors only STOREd to (the outputs) may be left out and start as zeros. Names the
+    program does not declare are refused. Timing-only mode ignores `tensors`.
     Raises BufferOverflowError (before running), DeadlockError, HazardError, ProgramError.
     """
     check_capacity(program, hardware)
@@ -183,6 +198,19 @@ def _run(
     return SimResult(total, stats, events, outputs, hardware.name, leftover)
 
 
+def overflowing(program: Program, hardware: HardwareConfig) -> dict[str, tuple[int, int]]:
+    """Buffers whose slots do not fit: name -> (bytes needed, bytes available).
+
+    The one definition of "fits": the lowering's advice and the tuner's filter use it too.
+    """
+    over = {}
+    for name, decl in program.buffers.items():
+        need, available = decl.slots * decl.slot_bytes, hardware.capacity(name)
+        if need > available:
+            over[name] = (need, available)
+    return over
+
+
 def check_capacity(program: Program, hardware: HardwareConfig) -> None:
     """Raise BufferOverflowError if some buffer's slots do not fit the hardware's capacity."""
     if program.dtype != hardware.dtype:
@@ -190,15 +218,15 @@ def check_capacity(program: Program, hardware: HardwareConfig) -> None:
             f"program computes in {program.dtype}, {hardware.name} in {hardware.dtype}: "
             f"lower for a {program.dtype} target or pick a {program.dtype} configuration"
         )
-    for name, decl in program.buffers.items():
-        need = decl.slots * decl.slot_bytes
-        available = hardware.capacity(name)
-        if need > available:
-            raise BufferOverflowError(
-                f"buffer {name!r} needs {need} bytes ({decl.slots} slot(s) of "
-                f"{list(decl.shape)} {decl.dtype}) but {hardware.name} has {available}: "
-                "use more (smaller) tiles or a configuration with a bigger buffer"
-            )
+    over = overflowing(program, hardware)
+    if over:
+        name, (need, available) = next(iter(over.items()))
+        decl = program.buffers[name]
+        raise BufferOverflowError(
+            f"buffer {name!r} needs {need} bytes ({decl.slots} slot(s) of "
+            f"{list(decl.shape)} {decl.dtype}) but {hardware.name} has {available}: "
+            "use more (smaller) tiles or a configuration with a bigger buffer"
+        )
 
 
 # -- preparation: everything per instruction that does not depend on time ------------------
@@ -219,11 +247,14 @@ def _prepare(
     token_queues: dict[tuple[tuple[str, ...], bool], tuple] = {}
     for index, inst in enumerate(program.streams[unit]):
         kind = type(inst)
-        if kind is Load or kind is Store:
-            chip, dram = (inst.dst, inst.src) if kind is Load else (inst.src, inst.dst)
-            if [e for _, e in chip.region] != [e for _, e in dram.region]:
+        if kind is Load:  # DMA cost: bytes and contiguous runs of the DRAM region
+            if _extents(inst.dst.region) != inst.padded_extents:
                 _check_shapes(inst, f"{unit}#{index}")
-            key = (kind, chip.buffer, chip.region, dram.tensor, dram.region)  # DMA cost: runs
+            key = (kind, inst.dst.buffer, inst.dst.region, inst.src.tensor, inst.src.region)
+        elif kind is Store:
+            if _extents(inst.src.region) != _extents(inst.dst.region):
+                _check_shapes(inst, f"{unit}#{index}")
+            key = (kind, inst.src.buffer, inst.src.region, inst.dst.tensor, inst.dst.region)
         elif kind is Conv:
             key = (kind, inst.inp.region, inst.wgt.region, inst.acc.region, inst.stride)
         elif kind is Add:
@@ -267,8 +298,15 @@ def _extents(region) -> tuple[int, ...]:
 def _check_shapes(inst, where: str) -> None:
     """The operand shapes each opcode's semantics need (the Program checks only bounds)."""
     if isinstance(inst, Load):
-        pairs = [("dst", inst.dst.region), ("src", inst.src.region)]
-    elif isinstance(inst, Store):
+        dst, src = _extents(inst.dst.region), inst.padded_extents
+        if dst != src:
+            padding = f" plus pad {format_pad(inst.pad)}" if inst.pad else " (no pad)"
+            raise ProgramError(
+                f"{where} LOAD: dst extents {dst} differ from src extents "
+                f"{_extents(inst.src.region)}{padding}: make dst = before + src + after per dim"
+            )
+        return
+    if isinstance(inst, Store):
         pairs = [("src", inst.src.region), ("dst", inst.dst.region)]
     elif isinstance(inst, Add):
         pairs = [("acc", inst.acc.region), ("res", inst.res.region), ("out", inst.out.region)]
@@ -334,28 +372,66 @@ def _name(program: Program, unit: int, stamp: int) -> str:
 
 
 def _check_read(accesses, key, region, slot, unit, stamp, clock, program) -> None:
-    """A read must happen after every overlapping write (through tokens if on another unit)."""
+    """A read must happen after every overlapping write (through tokens if on another unit),
+    and the slot's earlier writes together must cover the whole region read."""
     writes, reads = accesses[key]
-    found = False
+    covered = False
     for old, writer, written in writes:
-        if old == region or _overlaps(old, region):
-            found = True
-            if writer != unit and clock[writer] < written:
-                raise HazardError(
-                    f"read of {slot.buffer}[{slot.slot}] by {_name(program, unit, stamp)} before "
-                    f"{_name(program, writer, written)} signalled it (region {slot}): add a wait "
-                    f"on the {UNITS[writer]} unit's token"
-                )
-    if not found:
-        raise HazardError(
-            f"read of {slot.buffer}[{slot.slot}] by {_name(program, unit, stamp)} before anything "
-            f"wrote it (region {slot}): load or compute it first"
-        )
+        if old == region:
+            covered = True
+        elif _overlaps(old, region):
+            covered = covered or _covers(old, region)
+        else:
+            continue
+        if writer != unit and clock[writer] < written:
+            raise HazardError(
+                f"read of {slot.buffer}[{slot.slot}] by {_name(program, unit, stamp)} before "
+                f"{_name(program, writer, written)} signalled it (region {slot}): add a wait "
+                f"on the {UNITS[writer]} unit's token"
+            )
+    if not covered:  # no single write covers the read: the slow path, box subtraction
+        gap = _uncovered(region, [old for old, _, _ in writes])
+        if gap == region:
+            raise HazardError(
+                f"read of {slot.buffer}[{slot.slot}] by {_name(program, unit, stamp)} before "
+                f"anything wrote it (region {slot}): load or compute it first"
+            )
+        if gap is not None:
+            raise HazardError(
+                f"read of {slot} by {_name(program, unit, stamp)}: its part "
+                f"{slot.buffer}[{slot.slot}]{format_region(gap)} was never written: "
+                "load or compute the whole region first"
+            )
     for index, (old, reader, _) in enumerate(reads):
         if reader == unit and old == region:  # a later read of the same region supersedes
             reads[index] = (region, unit, stamp)
             return
     reads.append((region, unit, stamp))
+
+
+def _subtract(box, cut) -> list:
+    """The parts of `box` outside `cut`, as disjoint boxes (at most two per dimension)."""
+    if not _overlaps(box, cut):
+        return [box]
+    pieces, core = [], list(box)
+    for dim, ((start, extent), (cut_start, cut_extent)) in enumerate(zip(box, cut)):
+        low, high = max(start, cut_start), min(start + extent, cut_start + cut_extent)
+        if low > start:
+            pieces.append((*core[:dim], (start, low - start), *core[dim + 1 :]))
+        if high < start + extent:
+            pieces.append((*core[:dim], (high, start + extent - high), *core[dim + 1 :]))
+        core[dim] = (low, high - low)
+    return pieces
+
+
+def _uncovered(region, written) -> tuple | None:
+    """One box of `region` outside every region in `written`, or None if they cover it."""
+    left = [region]
+    for old in written:
+        left = [piece for box in left for piece in _subtract(box, old)]
+        if not left:
+            return None
+    return left[0]
 
 
 def _check_write(accesses, key, region, slot, unit, stamp, clock, program) -> None:
@@ -431,18 +507,18 @@ class _Functional:
             raise ProgramError(
                 f"tensors {unknown} are not in the program; it uses {sorted(program.tensors)}"
             )
-        self.dram: dict[str, np.ndarray] = {}
-        for name, shape in program.tensors.items():
-            if name in tensors:
-                array = np.asarray(tensors[name])
-                if array.shape != tuple(shape):
-                    raise ProgramError(
-                        f"tensor {name!r} has shape {list(array.shape)}, the program expects "
-                        f"{list(shape)}"
-                    )
-                self.dram[name] = array.astype(program.dtype, copy=True)
-            else:
-                self.dram[name] = np.zeros(shape, dtype=program.dtype)
+        inputs = sorted({inst.src.tensor for inst in program.streams["load"]})
+        missing = [name for name in inputs if tensors.get(name) is None]
+        if missing:
+            outputs = sorted(set(program.tensors) - set(inputs))
+            raise ProgramError(
+                f"tensors {missing} are read by the program's LOADs but not given: pass every "
+                f"input {inputs} (outputs {outputs} may be left out: they start as zeros)"
+            )
+        self.dram = {
+            name: _dram_array(name, tensors.get(name), shape, program.dtype)
+            for name, shape in program.tensors.items()
+        }
         self.chip = {
             name: np.zeros((decl.slots, *decl.shape), dtype=decl.dtype)
             for name, decl in program.buffers.items()
@@ -464,24 +540,37 @@ class _Functional:
                 np.maximum(total, 0, out=total)
             self.view(inst.out)[...] = total
         elif isinstance(inst, Load):
-            self._load(self.view(inst.dst), inst.src)
+            data = self.dram[inst.src.tensor][_slices(inst.src.region)]
+            dst = self.view(inst.dst)
+            if inst.pad:
+                dst[...] = 0
+                dst = dst[_interior(inst)]
+            dst[...] = data
         elif isinstance(inst, Store):
             self.dram[inst.dst.tensor][_slices(inst.dst.region)] = self.view(inst.src)
 
-    def _load(self, dst: np.ndarray, src: Dram) -> None:
-        """Copy the part of `src` inside the tensor; the rest is padding and reads as zero."""
-        tensor = self.dram[src.tensor]
-        inside, target = [], []
-        for (start, extent), dim in zip(src.region, tensor.shape):
-            low, high = max(start, 0), min(start + extent, dim)
-            if high <= low:
-                dst[...] = 0
-                return
-            inside.append(slice(low, high))
-            target.append(slice(low - start, high - start))
-        if tuple(target) != tuple(slice(0, e) for e in dst.shape):
-            dst[...] = 0
-        dst[tuple(target)] = tensor[tuple(inside)]
+
+def _interior(load: Load) -> tuple[slice, ...]:
+    """Where a padded LOAD's data lands in its dst: after `before` zeros, per dimension."""
+    return tuple(slice(b, b + e) for (b, _), (_, e) in zip(load.pad, load.src.region))
+
+
+def _dram_array(name: str, given, shape: tuple[int, ...], dtype: str) -> np.ndarray:
+    """The simulator's own copy of a DRAM tensor (zeros if not given), checked against the
+    program's declaration: a wrong shape would otherwise broadcast or fail mid-run."""
+    if given is None:
+        return np.zeros(shape, dtype=dtype)
+    try:
+        array = np.asarray(given)
+    except (TypeError, ValueError) as err:  # ragged nested lists, for one
+        raise ProgramError(f"tensor {name!r} is not an array ({err}): pass a numpy array") from err
+    if array.shape != tuple(shape):
+        raise ProgramError(
+            f"tensor {name!r} has shape {list(array.shape)}, the program expects {list(shape)}"
+        )
+    if array.dtype.kind not in "biuf":
+        raise ProgramError(f"tensor {name!r} holds {array.dtype} values: pass a numeric array")
+    return array.astype(dtype, copy=True)
 
 
 def _slices(region) -> tuple[slice, ...]:

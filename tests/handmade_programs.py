@@ -107,8 +107,10 @@ def tiled_convadd_program(shape: ConvAddShape, tiles: int, slots: int = 2) -> Pr
         dram_out = ((0, s.batch), (0, s.out_channels), (row, rows), (0, s.out_width))
         inp, acc = Slot("inp", slot, in_region), Slot("acc", slot, out_region)
         res, out = Slot("res", slot, out_region), Slot("out", slot, out_region)
+        data = Dram("data", dram_in)  # the window runs into the padding: clip it, pad the rest
+        shapes = s.tensor_shapes()
         load.append(
-            Load(dst=inp, src=Dram("data", dram_in), wait=("conv",) * reused, signal=("conv",))
+            Load.padded(inp, data, shapes["data"], wait=("conv",) * reused, signal=("conv",))
         )
         load.append(
             Load(dst=res, src=Dram("residual", dram_out), wait=("add",) * reused, signal=("add",))

@@ -46,7 +46,8 @@ def test_listing_shows_opcodes_operands_and_flags():
         assert text in listing
     assert "signal(conv,load,store)" in listing
     assert "acc[1]" in listing and ".buffer acc slots=2" in listing
-    assert "src=data[0:1, 0:16, -1:" in listing  # the padding rows lie outside the tensor
+    # the window's padding row and columns are zeros around the part inside the tensor
+    assert "src=data[0:1, 0:16, 0:6, 0:16], pad=[0+0, 0+0, 1+0, 1+1]" in listing
 
 
 def test_reads_writes_and_work():
@@ -58,11 +59,99 @@ def test_reads_writes_and_work():
     assert conv.macs == 1 * 8 * 3 * 3 * 4 * 3 * 3
     add = Add(acc=acc, res=acc, out=acc)
     assert add.reads() == (acc, acc) and add.bias is None
-    load = Load(dst=inp, src=Dram("data", ((0, 1), (0, 4), (-1, 5), (-1, 5))))
+    load = Load(dst=inp, src=Dram("data", ((0, 1), (0, 4), (0, 4), (0, 4))), pad=_HALO)
     assert load.writes() == (inp,) and load.reads() == ()
+    assert load.padded_extents == (1, 4, 5, 5)
     store = Store(src=acc, dst=Dram("output", acc.region))
     assert store.reads() == (acc,) and store.writes() == ()
     assert region_size(acc.region) == 72
+
+
+_HALO = ((0, 0), (0, 0), (1, 0), (1, 0))
+TENSOR = (1, 4, 8, 8)
+DST = Slot("inp", 0, ((0, 1), (0, 4), (0, 5), (0, 10)))
+
+
+@pytest.mark.parametrize(
+    ("window", "src", "pad"),
+    [
+        # inside the tensor: no padding at all
+        (((0, 1), (0, 4), (2, 5), (0, 8)), ((0, 1), (0, 4), (2, 5), (0, 8)), ()),
+        # top row and both side columns are padding
+        (((0, 1), (0, 4), (-1, 5), (-1, 10)), ((0, 1), (0, 4), (0, 4), (0, 8)), (1, 0, 1, 1)),
+        # past the bottom edge
+        (((0, 1), (0, 4), (5, 5), (-1, 10)), ((0, 1), (0, 4), (5, 3), (0, 8)), (0, 2, 1, 1)),
+        # wholly below the tensor: an empty src, a pure zero fill
+        (((0, 1), (0, 4), (9, 5), (-1, 10)), ((0, 1), (0, 4), (8, 0), (0, 8)), (0, 5, 1, 1)),
+        # wholly above it
+        (((0, 1), (0, 4), (-6, 5), (-1, 10)), ((0, 1), (0, 4), (0, 0), (0, 8)), (5, 0, 1, 1)),
+    ],
+    ids=["inside", "halo", "bottom", "below", "above"],
+)
+def test_padded_load_clips_the_window_and_pads_the_rest(window, src, pad):
+    dst = Slot("inp", 0, tuple((0, extent) for _, extent in window))
+    load = Load.padded(dst, Dram("data", window), TENSOR, signal=("conv",))
+    expected = ((0, 0), (0, 0), pad[:2], pad[2:]) if pad else ()
+    assert load.src == Dram("data", src) and load.pad == expected
+    assert load.padded_extents == tuple(extent for _, extent in window)
+    assert load.signal == ("conv",)
+    program = Program({"load": (load,)}, {"inp": BufferDecl(_extents(dst), 1)}, {"data": TENSOR})
+    assert Program.from_json(program.to_json()) == program
+    assert ("pad=[" in program.listing()) == bool(pad)
+
+
+def _extents(slot: Slot) -> tuple[int, ...]:
+    return tuple(extent for _, extent in slot.region)
+
+
+def test_all_zero_pad_is_no_pad_and_a_rank_mismatch_is_refused():
+    src = Dram("data", ((0, 1), (0, 4), (0, 5), (0, 8)))
+    assert Load(dst=DST, src=src, pad=((0, 0),) * 4) == Load(dst=DST, src=src)
+    with pytest.raises(ProgramError, match=r"region rank 2, the tensor has 4 dims"):
+        Load.padded(DST, Dram("data", ((0, 1), (0, 4))), TENSOR)
+
+
+@pytest.mark.parametrize(
+    ("load", "message"),
+    [
+        (
+            Load(dst=DST, src=Dram("data", ((0, 1), (0, 4), (-1, 5), (-1, 10)))),
+            r"load#0 LOAD.src: region \[0:1, 0:4, -1:4, -1:9\] runs outside shape \[1, 4, 8, 8\]: "
+            r"a LOAD's src lies inside the tensor, zeros outside it are its pad",
+        ),
+        (
+            Load(dst=DST, src=Dram("data", ((0, 1), (0, 4), (0, 5), (0, 8))), pad=((1, 1),)),
+            r"load#0 LOAD.pad \[1\+1\]: one \(before, after\) per dimension of dst, which has 4",
+        ),
+        (
+            Load(
+                dst=DST,
+                src=Dram("data", ((0, 1), (0, 4), (0, 5), (0, 8))),
+                pad=(*_HALO[:3], (-1, 3)),
+            ),
+            r"LOAD.pad .*: zero counts must be >= 0",
+        ),
+        (
+            Load(dst=DST, src=Dram("data", ((0, 1), (0, 4), (0, 0), (0, 8)))),
+            None,  # an empty src is allowed in a LOAD (the simulator checks dst = pad + src)
+        ),
+    ],
+    ids=["outside", "pad_rank", "negative_pad", "empty_src"],
+)
+def test_load_src_must_lie_inside_the_tensor(load, message):
+    buffers, tensors = {"inp": BufferDecl(_extents(DST), 1)}, {"data": TENSOR}
+    if message is None:
+        assert Program({"load": (load,)}, buffers, tensors).streams["load"] == (load,)
+        return
+    with pytest.raises(ProgramError, match=message):
+        Program({"load": (load,)}, buffers, tensors)
+
+
+def test_empty_store_region_is_refused():
+    out = Slot("out", 0, ((0, 1), (0, 4), (0, 1), (0, 8)))
+    store = Store(src=out, dst=Dram("output", ((0, 1), (0, 4), (0, 0), (0, 8))))
+    with pytest.raises(ProgramError, match=r"store#0 STORE.dst: region .* has an empty dimension"):
+        Program({"store": (store,)}, {"out": BufferDecl(_extents(out), 1)}, {"output": TENSOR})
 
 
 def _mutated(program: Program, edit) -> str:
@@ -95,10 +184,82 @@ BASE = tiled_convadd_program(SHAPES["bias_relu"], tiles=3)
         (_set(("streams", "add", 0, "op"), ["ADD"]), r"unknown opcode \['ADD'\]"),
         (_set(("streams", "conv", 1, "wait"), ["gemm"]), r"conv#1: wait names unknown units"),
         (_set(("streams", "conv", 1, "signal"), "add"), r"signal must be a list of unit names"),
-        (_set(("streams", "conv", 0, "acc"), _DELETE), r"conv#0: CONV is missing an operand"),
+        (
+            _set(("streams", "conv", 0, "acc"), _DELETE),
+            r"conv#0: CONV is missing an operand: \['acc'\]",
+        ),
         (_set(("streams", "load", 0, "src", "tensor"), _DELETE), r"load#0 LOAD.src: DRAM operand"),
         (_set(("streams", "add", 2, "acc", "slot"), 2), r"add#2 ADD.acc: slot 2 of 'acc'.*0\.\.1"),
-        (_set(("streams", "add", 2, "acc", "slot"), "x"), r"add#2 ADD.acc: on-chip operand"),
+        (
+            _set(("streams", "add", 2, "acc", "slot"), "x"),
+            r"add#2 ADD.acc.slot 'x': must be an int",
+        ),
+        (
+            _set(("streams", "add", 2, "acc", "slot"), 0.5),
+            r"add#2 ADD.acc.slot 0.5: must be an int",
+        ),
+        (
+            _set(("streams", "add", 2, "acc", "slot"), True),
+            r"ADD.acc.slot True: must be an integer",
+        ),
+        (
+            _set(("streams", "add", 2, "acc", "slot"), -1),
+            r"ADD.acc.slot -1: must be an integer >= 0",
+        ),
+        (_set(("streams", "add", 2, "acc", "buffer"), 3), r"add#2 ADD.acc.buffer 3: must be a str"),
+        (
+            _set(("streams", "add", 2, "acc"), "acc[0]"),
+            r"add#2 ADD.acc: on-chip operand 'acc\[0\]'",
+        ),
+        (
+            _set(("streams", "add", 2, "acc", "color"), 1),
+            r"ADD.acc: on-chip .*unknown field.*color",
+        ),
+        (
+            _set(("streams", "add", 0, "relu"), "yes"),
+            r"add#0 ADD.relu 'yes': must be true or false",
+        ),
+        (_set(("streams", "add", 0, "relu"), 1), r"add#0 ADD.relu 1: must be true or false"),
+        (
+            _set(("streams", "add", 0, "stride"), [1, 1]),
+            r"add#0: ADD has no field\(s\) \['stride'\]",
+        ),
+        (_set(("streams", "add", 0), "ADD"), r"add#0: unknown opcode 'ADD'"),
+        (_set(("streams", "add"), {"0": {}}), r"stream 'add' \{'0': \{\}\}: must be a list"),
+        (_set(("streams",), []), r"program streams \[\]: must be an object"),
+        (_set(("streams", "conv", 0, "stride"), ["2", "2"]), r"CONV stride \['2', '2'\]: give two"),
+        (_set(("streams", "conv", 0, "stride"), [True, 1]), r"CONV stride \[True, 1\]: give two"),
+        (_set(("streams", "conv", 0, "stride"), 2), r"CONV stride 2: give two integers"),
+        (_set(("streams", "conv", 0, "wait"), ["load", 1]), r"conv#0: wait must be a list of unit"),
+        (
+            _set(("streams", "conv", 0, "inp", "region", 1), [0, "16"]),
+            r"conv#0 CONV.inp: .* is not a list of \[start, extent\] integer pairs",
+        ),
+        (
+            _set(("streams", "conv", 0, "inp", "region", 1), [0.0, 16]),
+            r"conv#0 CONV.inp: .* is not a list of \[start, extent\] integer pairs",
+        ),
+        (_set(("streams", "load", 2, "pad", 2), [1, "0"]), r"load#2 LOAD.pad: .*\[before, after\]"),
+        (_set(("streams", "load", 2, "pad", 2), [-1, 2]), r"load#2 LOAD.pad .*: zero counts must"),
+        (_set(("streams", "load", 0, "pad"), [[0, 0]]), r"load#0 LOAD.pad \[0\+0\]: one \(before"),
+        (
+            _set(("streams", "load", 0, "src", "tensor"), ["weight"]),
+            r"LOAD.src.tensor \['weight'\]",
+        ),
+        (_set(("buffers", "acc", "dtype"), "int7"), r"buffer 'acc' dtype 'int7': choose one of"),
+        (_set(("buffers", "acc", "shape"), [1, "16", 3, 8]), r"buffer 'acc' shape\[1\] '16': must"),
+        (_set(("buffers", "acc", "shape"), [1, 16, 0, 8]), r"buffer 'acc' shape\[2\] 0: must be"),
+        (
+            _set(("buffers", "acc", "slots"), 1.5),
+            r"buffer 'acc' slots 1.5: must be an integer >= 1",
+        ),
+        (_set(("buffers", "acc", "banks"), 2), r"buffer 'acc': unknown field\(s\) \['banks'\]"),
+        (_set(("buffers", "acc"), [1, 2]), r"buffer 'acc' \[1, 2\]: must be an object"),
+        (_set(("tensors", "data"), "1x16x16x16"), r"tensor 'data' shape '1x16x16x16': must be a"),
+        (_set(("tensors", "data", 0), 1.0), r"tensor 'data' shape\[0\] 1.0: must be an integer"),
+        (_set(("dtype",), "int7"), r"program dtype 'int7': choose one of \['float16', 'float32'"),
+        (_set(("meta",), []), r"program meta \[\]: must be an object"),
+        (_set(("version",), True), r"expected an object with version 1"),
         (_set(("streams", "add", 2, "res", "buffer"), "sram"), r"unknown buffer 'sram'"),
         (
             _set(("streams", "conv", 0, "acc", "region"), [[0, 1], [0, 99], [0, 1], [0, 1]]),
@@ -112,13 +273,42 @@ BASE = tiled_convadd_program(SHAPES["bias_relu"], tiles=3)
         (_set(("streams", "store", 0, "dst", "tensor"), "out"), r"unknown tensor 'out'"),
         (_set(("streams", "vector"), []), r"streams for unknown units \['vector'\]"),
         (_set(("buffers",), _DELETE), r"missing a field: 'buffers'"),
-        (_set(("buffers", "acc", "slots"), "two"), r"malformed buffer or tensor"),
-        (_set(("version",), 2), r"expected an object with version 1"),
+        (_set(("buffers", "acc", "slots"), "two"), r"buffer 'acc' slots 'two': must be an integer"),
+        (_set(("version",), 2), r"program version 2: this tvm-convadd reads 1"),
     ],
 )
 def test_malformed_programs_raise_clear_errors(edit, message):
-    with pytest.raises(ProgramError, match=message):
+    with pytest.raises(ProgramError, match=message) as info:
         Program.from_json(_mutated(BASE, edit))
+    assert "\n" not in str(info.value)
+
+
+_WRONG = ("x", "ADD", 0.5, True, None, -1, [], {}, [[0, 1]])
+
+
+def _nodes(node, path=()):
+    yield path
+    if isinstance(node, (dict, list)):
+        for key, child in node.items() if isinstance(node, dict) else enumerate(node):
+            yield from _nodes(child, (*path, key))
+
+
+def test_any_wrong_value_anywhere_is_a_program_error_or_a_valid_program():
+    """Replace every node of a program's JSON by values of the wrong type: from_json either
+    accepts the result (a valid program) or raises ProgramError, never anything else."""
+    small = tiled_convadd_program(ConvAddShape(height=4, width=4, in_channels=2), tiles=1)
+    data = json.loads(small.to_json())
+    refused = 0
+    for path in _nodes(data):
+        for wrong in _WRONG:
+            if not path:
+                continue
+            try:
+                Program.from_json(_mutated(small, _set(path, wrong)))
+            except ProgramError as err:
+                refused += 1
+                assert "\n" not in str(err)
+    assert refused > 500
 
 
 def test_unparsable_json_names_the_position():

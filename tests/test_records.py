@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
+import multiprocessing
 
 import pytest
 
 from tvm_convadd import records
 from tvm_convadd.errors import RecordsError
 from tvm_convadd.records import Record
-from tvm_convadd.schedules.tile_config import TileConfig
+from tvm_convadd.schedules.tile_config import AXES, PIPELINES, TileConfig
 from tvm_convadd.schedules.workload import Workload
 
 WL = Workload(1, 8, 8, 8, 8, 1, 1, bias=True, relu=True)
@@ -112,3 +114,149 @@ def test_find_best_prefers_the_users_directory(tmp_path, monkeypatch, sample):
 
 def test_packaged_records_dir_is_inside_the_package():
     assert records.packaged_records_dir().parts[-2:] == ("schedules", "records")
+
+
+def _with_bad_line(tmp_path, sample, bad: bytes):
+    path = tmp_path / "r.jsonl"
+    good = [r.to_json().encode() for r in sample]
+    path.write_bytes(b"\n".join([good[0], bad, *good[1:]]) + b"\n")
+    return path, records.load_records(path)
+
+
+def test_a_non_utf8_byte_costs_its_line_only(tmp_path, sample):
+    bad = sample[0].to_json().encode().replace(b'"height"', b'"h\xe9ight"')
+    path, (loaded, problems) = _with_bad_line(tmp_path, sample, bad)
+    assert loaded == sample
+    assert len(problems) == 1
+    assert problems[0].startswith(f"{path}:2: not UTF-8 text (byte 0xe9 at column ")
+
+
+def _edited(record: Record, edit) -> bytes:
+    data = json.loads(record.to_json())
+    edit(data)
+    return json.dumps(data).encode()
+
+
+def _put(*path_and_value):
+    *path, value = path_and_value
+
+    def edit(data):
+        node = data
+        for key in path[:-1]:
+            node = node[key]
+        node[path[-1]] = value
+
+    return edit
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (
+            _put("workload_def", "stride", ["a", "b"]),
+            "workload_def.stride ['a', 'b']: must be a list",
+        ),
+        (
+            _put("workload_def", "stride", ["1", "1"]),
+            "workload_def.stride ['1', '1']: must be a list of 2 integers",
+        ),
+        (_put("workload_def", "stride", 5), "workload_def.stride 5: must be a list of 2 integers"),
+        (
+            _put("workload_def", "stride", [1.0, 1.0]),
+            "workload_def.stride [1.0, 1.0]: must be a list",
+        ),
+        (_put("workload_def", "bias", 1), "workload_def.bias 1: must be true or false"),
+        (
+            _put("workload_def", "padding", [0, 0]),
+            "workload_def.padding [0, 0]: must be a list of 4",
+        ),
+        (_put("workload_def", "kernel_h", "1"), "workload_def.kernel_h '1': must be an integer"),
+        (_put("workload_def", "batch", 0), "bad workload_def or config: batch=0"),
+        (_put("workload_def", "groups", 2), "bad workload_def or config"),
+        (_put("workload_def", [1, 2]), "workload_def [1, 2]: must be a JSON object"),
+        (lambda data: data["workload_def"].pop("batch"), "workload_def lacks field 'batch'"),
+        (_put("config", "n_tiles", "2"), "config.n_tiles '2': must be an integer"),
+        (_put("config", "axis", ["height"]), "config.axis ['height']: must be a string"),
+        (_put("config", "axis", "depth"), "bad workload_def or config: tile axis 'depth'"),
+        (_put("config", "axis", None), "config.axis None: must be a string"),
+        (_put("config", "stages", 2), "bad workload_def or config"),
+        (_put("config", "height"), "config 'height': must be a JSON object"),
+        (_put("target", 5), "target 5: must be a string"),
+        (_put("workload", None), "workload None: must be a string"),
+        (_put("cycles", "900"), "cycles '900': must be a positive integer"),
+        (_put("cycles", 900.0), "cycles 900.0: must be a positive integer"),
+        (_put("version", True), "version True"),
+    ],
+)
+def test_a_field_of_the_wrong_type_is_a_reported_line(tmp_path, sample, edit, message):
+    path, (loaded, problems) = _with_bad_line(tmp_path, sample, _edited(sample[0], edit))
+    assert loaded == sample
+    assert len(problems) == 1 and "\n" not in problems[0]
+    assert problems[0].startswith(f"{path}:2: ") and message in problems[0], problems[0]
+
+
+def test_locked_holds_an_exclusive_lock_and_nests(tmp_path):
+    path = tmp_path / "sub" / records.RECORDS_FILE
+    with records.locked(path):
+        lock = path.with_name(path.name + ".lock")
+        with open(lock) as other, pytest.raises(BlockingIOError):
+            fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)  # another open file: refused
+        with records.locked(path):  # the same thread again: no deadlock
+            records.append_record(path, Record(WL, TARGET, TileConfig(1), 5))  # locks too
+    with open(lock) as other:
+        fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released
+    assert records.load_records(path)[0] == [Record(WL, TARGET, TileConfig(1), 5)]
+    assert records.load_dir(path.parent) == [Record(WL, TARGET, TileConfig(1), 5)]
+
+
+def test_claim_hands_each_unmeasured_config_out_once(tmp_path, sample):
+    path = tmp_path / records.RECORDS_FILE
+    records.save_records(path, sample)
+    configs = [TileConfig(2, "height", "software"), TileConfig(3), TileConfig(4), TileConfig(3)]
+    assert records.claim(path, WL, TARGET, configs) == [TileConfig(3), TileConfig(4)]
+    assert records.claim(path, WL, TARGET, configs) == []  # claimed by us, still running
+    assert records.claim(path, WL, "convadd-sim-big-array", configs[:2]) == configs[:2]
+    records.append_record(path, Record(WL, TARGET, TileConfig(3), 77))
+    assert records.claim(path, WL, TARGET, [TileConfig(3)]) == []  # measured now
+    assert records.load_dir(tmp_path) == [*sample, Record(WL, TARGET, TileConfig(3), 77)]
+
+
+def test_a_dead_tuners_claims_are_free_again(tmp_path):
+    path = tmp_path / records.RECORDS_FILE
+    context = multiprocessing.get_context("fork")
+    child = context.Process(target=records.claim, args=(path, WL, TARGET, [TileConfig(5)]))
+    child.start()
+    child.join()
+    assert child.exitcode == 0
+    assert f":{child.pid}" in path.with_name(path.name + ".claims").read_text()
+    assert records.claim(path, WL, TARGET, [TileConfig(5), TileConfig(6)]) == [
+        TileConfig(5),
+        TileConfig(6),
+    ]
+
+
+def _claim_in_batches(path, configs, barrier, results) -> None:
+    barrier.wait()
+    mine = []
+    for start in range(0, len(configs), 4):
+        mine += records.claim(path, WL, TARGET, configs[start : start + 4])
+    results.put(mine)
+
+
+def test_two_tuners_never_claim_the_same_config(tmp_path):
+    path = tmp_path / records.RECORDS_FILE
+    configs = [
+        TileConfig(n, axis, mode) for n in range(1, 9) for axis in AXES for mode in PIPELINES
+    ]
+    context = multiprocessing.get_context("fork")
+    barrier, results = context.Barrier(3), context.Queue()
+    workers = [
+        context.Process(target=_claim_in_batches, args=(path, configs, barrier, results))
+        for _ in range(3)
+    ]
+    for worker in workers:
+        worker.start()
+    claimed = [results.get(timeout=60) for _ in workers]
+    for worker in workers:
+        worker.join()
+    assert sorted(map(str, [c for mine in claimed for c in mine])) == sorted(map(str, configs))

@@ -19,8 +19,8 @@ from tests.handmade_programs import (
 )
 from tvm_convadd.errors import BufferOverflowError, DeadlockError, HazardError, ProgramError
 from tvm_convadd.target.hardware import HardwareConfig, load_config
-from tvm_convadd.target.isa import UNITS, Program, Slot
-from tvm_convadd.target.simulator import SimResult, simulate
+from tvm_convadd.target.isa import UNITS, BufferDecl, Conv, Dram, Load, Program, Slot, Store
+from tvm_convadd.target.simulator import SimResult, overflowing, simulate
 
 SHAPES = [
     ConvAddShape(batch=1, in_channels=3, height=9, width=7, out_channels=5, kernel=3),
@@ -170,6 +170,88 @@ def test_read_of_a_never_written_slot_is_a_hazard(ideal):
         simulate(broken, ideal, functional=False)
 
 
+def _rows(region, start, extent):
+    """`region` with its height dimension (NCHW's H) replaced."""
+    return (*region[:2], (start, extent), region[3])
+
+
+@pytest.mark.parametrize("functional", [False, True])
+def test_a_load_that_fills_half_of_what_is_read_is_a_hazard(functional, ideal):
+    program = tiled_convadd_program(EXACT, tiles=2)
+    tensors = random_tensors(EXACT) if functional else None
+    res = program.streams["load"][3]
+    assert res.dst == Slot("res", 0, ((0, 1), (0, 16), (0, 8), (0, 16)))
+    half = with_instruction(
+        program,
+        "load",
+        3,
+        dst=Slot("res", 0, _rows(res.dst.region, 0, 4)),
+        src=Dram("residual", _rows(res.src.region, 0, 4)),
+    )
+    with pytest.raises(
+        HazardError,
+        match=r"read of res\[0\]\[0:1, 0:16, 0:8, 0:16\] by ADD add#0: its part "
+        r"res\[0\]\[0:1, 0:16, 4:8, 0:16\] was never written",
+    ):
+        simulate(half, ideal, tensors, functional=functional)
+    inp = program.streams["load"][2]
+    window = Dram("data", ((0, 1), (0, 16), (-1, 5), (-1, 18)))  # the top half of 10 rows
+    short = Load.padded(Slot("inp", 0, _rows(inp.dst.region, 0, 5)), window, (1, 16, 16, 16))
+    broken = with_instruction(program, "load", 2, dst=short.dst, src=short.src, pad=short.pad)
+    with pytest.raises(
+        HazardError, match=r"by CONV conv#0: its part inp\[0\]\[0:1, 0:16, 5:10, 0:18\]"
+    ):
+        simulate(broken, ideal, tensors, functional=functional)
+
+
+def _split_residual_load(program: Program, pieces) -> Program:
+    """Load tile 0's residual in several pieces, (rows, cols) each; the last one signals."""
+    load = list(program.streams["load"])
+    whole = load[3]
+    parts = [
+        Load(
+            dst=Slot("res", 0, (*whole.dst.region[:2], rows, cols)),
+            src=Dram("residual", (*whole.src.region[:2], rows, cols)),
+            signal=whole.signal if index == len(pieces) - 1 else (),
+        )
+        for index, (rows, cols) in enumerate(pieces)
+    ]
+    load[3:4] = parts
+    return Program({**program.streams, "load": tuple(load)}, program.buffers, program.tensors)
+
+
+def test_a_read_covered_by_several_writes_together_is_no_hazard(ideal):
+    program = tiled_convadd_program(EXACT, tiles=2)
+    pieces = [((0, 8), (0, 8)), ((0, 3), (8, 8)), ((3, 5), (8, 8))]
+    result = _check_output(EXACT, _split_residual_load(program, pieces), ideal)
+    assert result.units["load"].instructions == len(program.streams["load"]) + 2
+    holed = _split_residual_load(program, [((0, 8), (0, 8)), ((0, 3), (8, 8)), ((4, 4), (8, 8))])
+    with pytest.raises(HazardError, match=r"its part res\[0\]\[0:1, 0:16, 3:4, 8:16\] was never"):
+        simulate(holed, ideal, functional=False)
+
+
+def test_every_overlapping_write_must_happen_before_the_read(ideal):
+    """The ADD's residual region is covered by one LOAD it waits for, but a CONV later writes
+    part of it without a token to the ADD: a race, though a covering write exists."""
+    program = tiled_convadd_program(EXACT, tiles=2)
+    load = list(program.streams["load"])
+    load[3] = dataclasses.replace(load[3], signal=("add", "conv"))  # orders the CONV after it
+    conv = program.streams["conv"]
+    inp = Slot("inp", 0, _rows(conv[0].inp.region, 0, 6))
+    stray = Conv(
+        inp=inp,
+        wgt=conv[0].wgt,
+        acc=Slot("res", 0, _rows(conv[0].acc.region, 0, 4)),
+        wait=("load",),
+    )
+    streams = {**program.streams, "load": tuple(load), "conv": (conv[0], stray, *conv[1:])}
+    racing = Program(streams, program.buffers, program.tensors)
+    with pytest.raises(
+        HazardError, match=r"read of res\[0\] by ADD add#0 before CONV conv#1 signalled it"
+    ):
+        simulate(racing, ideal, functional=False)
+
+
 def test_distinct_regions_of_one_slot_do_not_conflict(ideal):
     """Two tiles in disjoint halves of a single-slot accumulator: no tokens needed between them."""
     program = tiled_convadd_program(EXACT, tiles=1)
@@ -219,6 +301,8 @@ def test_overflow_names_buffer_and_bytes(default):
         {**default.to_dict(), "buffer_bytes": {**default.buffer_bytes, "acc": need}}
     )
     assert simulate(program, fits, functional=False).total_cycles > 0
+    assert overflowing(program, tiny) == {"acc": (need, need - 1)}
+    assert overflowing(program, fits) == {}
 
 
 def test_malformed_operands_are_refused(default):
@@ -256,6 +340,72 @@ def test_bad_tensors_are_refused(default):
     half = HardwareConfig.from_dict({**default.to_dict(), "dtype": "float16"})
     with pytest.raises(ProgramError, match="program computes in float32"):
         simulate(program, half)
+    text = {**tensors, "weight": np.full(tensors["weight"].shape, "w")}
+    with pytest.raises(ProgramError, match=r"tensor 'weight' holds <U1 values: pass a numeric"):
+        simulate(program, default, text)
+    with pytest.raises(ProgramError, match=r"tensor 'weight' is not an array \(.*\): pass a"):
+        simulate(program, default, {**tensors, "weight": [[1.0], [2.0, 3.0]]})
+
+
+def test_every_tensor_a_load_reads_must_be_given(default):
+    shape = SHAPES[0]
+    program = tiled_convadd_program(shape, tiles=2)
+    tensors = random_tensors(shape)
+    assert "output" not in tensors  # a pure output may be left out: it starts as zeros
+    without = {k: v for k, v in tensors.items() if k != "residual"}
+    with pytest.raises(
+        ProgramError,
+        match=r"tensors \['residual'\] are read by the program's LOADs but not given: pass "
+        r"every input \['bias', 'data', 'residual', 'weight'\] \(outputs \['output'\] may",
+    ):
+        simulate(program, default, without)
+    with pytest.raises(ProgramError, match=r"tensors \['bias', 'data', 'residual', 'weight'\] are"):
+        simulate(program, default)
+    with pytest.raises(ProgramError, match=r"tensors \['data'\] are read by the program's LOADs"):
+        simulate(program, default, {**tensors, "data": None})
+    given = {**tensors, "output": np.ones(shape.output_shape)}  # given outputs are overwritten
+    expected = reference_convadd(shape, tensors)
+    np.testing.assert_allclose(
+        simulate(program, default, given).outputs["output"], expected, rtol=1e-5, atol=1e-5
+    )
+    assert simulate(program, default, functional=False).outputs is None  # timing needs none
+
+
+def test_padded_and_zero_fill_loads(ideal):
+    """A LOAD writes its pad as zeros around its src; one with an empty src is a zero fill."""
+    rows = ((0, 1), (0, 1), (0, 3), (0, 2))
+    tensor = np.arange(1, 7, dtype=np.float32).reshape(1, 1, 3, 2)  # rows [1 2], [3 4], [5 6]
+    buffers = {"res": BufferDecl((1, 1, 3, 2), 1)}
+    tensors = {"residual": (1, 1, 3, 2), "output": (1, 1, 3, 2)}
+
+    def run(window) -> np.ndarray:
+        whole = Load(dst=Slot("res", 0, rows), src=Dram("residual", rows))
+        shifted = Load.padded(
+            Slot("res", 0, rows), Dram("residual", window), (1, 1, 3, 2), signal=("store",)
+        )
+        store = Store(src=Slot("res", 0, rows), dst=Dram("output", rows), wait=("load",))
+        program = Program({"load": (whole, shifted), "store": (store,)}, buffers, tensors)
+        return simulate(program, ideal, {"residual": tensor}).outputs["output"][0, 0]
+
+    np.testing.assert_array_equal(run(((0, 1), (0, 1), (1, 3), (-1, 2))), [[0, 3], [0, 5], [0, 0]])
+    np.testing.assert_array_equal(run(((0, 1), (0, 1), (-2, 3), (0, 2))), [[0, 0], [0, 0], [1, 2]])
+    np.testing.assert_array_equal(run(((0, 1), (0, 1), (3, 3), (0, 2))), np.zeros((3, 2)))
+    np.testing.assert_array_equal(run(((0, 1), (0, 1), (0, 3), (5, 2))), np.zeros((3, 2)))
+
+
+def test_load_dst_must_be_src_plus_pad(default):
+    program = tiled_convadd_program(SHAPES[0], tiles=2)
+    inp = program.streams["load"][2]
+    assert inp.pad == ((0, 0), (0, 0), (1, 0), (1, 1))
+    with pytest.raises(
+        ProgramError,
+        match=r"load#2 LOAD: dst extents \(1, 3, 7, 9\) differ from src extents \(1, 3, 6, 7\) "
+        r"\(no pad\): make dst = before \+ src \+ after",
+    ):
+        simulate(with_instruction(program, "load", 2, pad=()), default, functional=False)
+    wide = ((0, 0), (0, 0), (1, 0), (2, 1))
+    with pytest.raises(ProgramError, match=r"src extents \(1, 3, 6, 7\) plus pad \[0\+0, 0\+0"):
+        simulate(with_instruction(program, "load", 2, pad=wide), default, functional=False)
 
 
 def test_unconsumed_tokens_are_reported(ideal):
