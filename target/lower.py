@@ -40,6 +40,7 @@ from tvm_convadd.target.isa import (
     Slot,
     Store,
 )
+from tvm_convadd.target.simulator import overflowing
 
 if TYPE_CHECKING:
     from tvm_convadd.target.hardware import HardwareConfig
@@ -96,6 +97,11 @@ class _Walker:
     slot_vars: list = field(default_factory=list)  # vthread loops in scope: (var, extent)
     slot_scoped: dict = field(default_factory=dict)  # TIR buffer name -> vthread (var, extent)
     instructions: list = field(default_factory=list)
+
+    @property
+    def tensor_shapes(self) -> dict[str, tuple[int, ...]]:
+        """DRAM tensor name -> shape: a LOAD clips its window to it, the rest is padding."""
+        return dict(zip(self.workload.input_names, self.workload.input_shapes))
 
     def visit(self, stmt, env: dict) -> None:
         if isinstance(stmt, tirx.SeqStmt):
@@ -229,7 +235,7 @@ class _Walker:
     def _instruction(self, unit: str, write, reads: dict) -> Instruction:
         if unit == "load":
             (src,) = reads.values()
-            return Load(dst=write, src=src)
+            return Load.padded(write, src, self.tensor_shapes[src.tensor])
         if unit == "conv":
             return Conv(inp=reads["inp"], wgt=reads["wgt"], acc=write, stride=self.workload.stride)
         if unit == "add":
@@ -384,21 +390,6 @@ def derive_tokens(instructions: list[Instruction]) -> dict[str, tuple[Instructio
         )
         streams[inst.unit].append(inst)
     return {unit: tuple(stream) for unit, stream in streams.items()}
-
-
-def buffer_needs(program: Program) -> dict[str, int]:
-    """Bytes each on-chip buffer needs, all slots together."""
-    return {name: decl.slots * decl.slot_bytes for name, decl in program.buffers.items()}
-
-
-def overflowing(program: Program, hardware: HardwareConfig) -> dict[str, tuple[int, int]]:
-    """Buffers that do not fit: name -> (bytes needed, bytes available)."""
-    needs = buffer_needs(program)
-    return {
-        name: (need, hardware.capacity(name))
-        for name, need in needs.items()
-        if need > hardware.capacity(name)
-    }
 
 
 def check_fits(

@@ -78,7 +78,12 @@ def test_stream_follows_the_tile_count_axis_and_mode():
 def test_ragged_last_tile_and_padding_regions():
     program = lower_to_program(WORKLOAD, TileConfig(3, "height", "software"))
     loads = [i for i in program.streams["load"] if i.dst.buffer == "inp"]
-    assert [i.src.region[2] for i in loads] == [(-1, 5), (2, 5), (5, 4)]
+    # rows -1..3, 2..6 and 5..8 of the padded input: the padding rows are explicit zeros
+    assert [(i.src.region[2], i.pad[2]) for i in loads] == [
+        ((0, 4), (1, 0)),
+        ((2, 5), (0, 0)),
+        ((5, 3), (0, 1)),
+    ]
     convs = program.streams["conv"]
     assert [c.acc.region[2][1] for c in convs] == [3, 3, 2]
 
