@@ -1,0 +1,365 @@
+"""Differential fuzzing of lowering + simulation against torch: the cases and the checks.
+
+Shared by `tests/test_fuzz.py` (Hypothesis draws the cases and shrinks a failure) and
+`benchmarks/fuzz.py` (numpy's RNG draws many more; it shrinks greedily). Both drive the same
+`draw_case` through a `Chooser`, so the two sample one distribution.
+
+A case is a Workload (odd primes and dims of 1, non-square kernels, per-axis strides,
+asymmetric padding, bias/relu), a TileConfig (N up to 2 past the axis extent) and a hardware
+config (a shipped one or a random valid design point, sometimes with buffers too small).
+`check_case` lowers it, simulates it functionally and timing-only, and compares with
+torch.nn.functional.conv2d in float64; a BufferOverflowError is checked to be true and its
+advice (the smallest tile count that fits) right. It returns the name of the documented
+error the case raised (or None), raises `WrongAnswer` for a wrong result and lets any other
+exception escape.
+Groups are not generated: `Workload` has no groups field (groups 1 only).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Protocol, TypeVar
+
+import numpy as np
+
+from tvm_convadd.errors import BufferOverflowError, TileConfigError, UnsupportedWorkloadError
+from tvm_convadd.schedules.tile_config import AXES, PIPELINES, TileConfig
+from tvm_convadd.schedules.workload import Workload
+from tvm_convadd.target.hardware import (
+    BUFFERS,
+    DATAFLOWS,
+    HardwareConfig,
+    list_configs,
+    load_config,
+)
+from tvm_convadd.target.lower import lower_to_program
+from tvm_convadd.target.simulator import simulate
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+T = TypeVar("T")
+
+MAX_CHANNELS = 17
+MAX_SPATIAL = 19
+MAX_KERNEL = 5
+MAX_STRIDE = 3
+MAX_PAD = 2
+SPECIAL_CHANNELS = (2, 3, 5, 7, 11, 13, 17)  # odd primes (and 2); 1 and the maximum come anyway
+SPECIAL_SPATIAL = (2, 3, 5, 7, 11, 13, 17)
+RTOL = 1e-5  # of the largest magnitude an output element sums (float32 accumulation)
+
+# The only exceptions a valid Workload may raise on its way through lower + simulate.
+DOCUMENTED = (TileConfigError, BufferOverflowError, UnsupportedWorkloadError)
+
+
+class Chooser(Protocol):
+    """Where the choices come from: Hypothesis's `draw` or numpy's RNG."""
+
+    def integer(self, low: int, high: int) -> int:
+        """An integer in low..high, both included (Hypothesis shrinks toward `low`)."""
+
+    def choice(self, options: Sequence[T]) -> T:
+        """One of `options` (Hypothesis shrinks toward the first)."""
+
+    def boolean(self) -> bool:
+        """True or False (Hypothesis shrinks toward False)."""
+
+
+class RngChooser:
+    """A Chooser over numpy's Generator: the long runs of benchmarks/fuzz.py."""
+
+    def __init__(self, rng: np.random.Generator) -> None:
+        self.rng = rng
+
+    def integer(self, low: int, high: int) -> int:
+        return int(self.rng.integers(low, high + 1))
+
+    def choice(self, options: Sequence[T]) -> T:
+        return options[int(self.rng.integers(len(options)))]
+
+    def boolean(self) -> bool:
+        return bool(self.rng.integers(2))
+
+
+class WrongAnswer(AssertionError):
+    """The case ran but its result is wrong (output, cycles, or an error that was due)."""
+
+
+@dataclass(frozen=True)
+class Case:
+    workload: Workload
+    config: TileConfig
+    hardware: HardwareConfig
+    seed: int = 0  # of the random inputs
+
+    def repro(self) -> str:
+        """Python that reruns the case after `from tests.fuzz_cases import *`."""
+        hardware = hardware_repr(self.hardware)
+        lines = [
+            f"workload = {workload_repr(self.workload)}",
+            f"config = {self.config!r}",
+            f"hardware = {hardware}",
+            f"check_case(Case(workload, config, hardware, seed={self.seed}))",
+        ]
+        if "default" in hardware.split("(", 1)[1]:
+            lines.insert(0, "default = load_config('default').to_dict()")
+        return "\n".join(lines)
+
+
+def workload_repr(w: Workload) -> str:
+    """`Workload(...)` with only the fields that differ from the defaults after the seven dims."""
+    args = [w.batch, w.in_channels, w.in_height, w.in_width, w.out_channels, w.kernel_h, w.kernel_w]
+    text = ", ".join(map(str, args))
+    if w.stride != (1, 1):
+        text += f", stride={w.stride}"
+    if w.padding != (0, 0, 0, 0):
+        text += f", padding={w.padding}"
+    if w.bias:
+        text += ", bias=True"
+    if w.relu:
+        text += ", relu=True"
+    return f"Workload({text})"
+
+
+def hardware_repr(hardware: HardwareConfig) -> str:
+    """`load_config(name)` for a shipped config, else the default with the fields that differ."""
+    if hardware.name in list_configs() and hardware == load_config(hardware.name):
+        return f"load_config({hardware.name!r})"
+    data, base = hardware.to_dict(), load_config("default").to_dict()
+    diffs = [
+        f"{key!r}: {value!r}"
+        for key, value in data.items()
+        if key not in ("description", "buffer_bytes") and value != base[key]
+    ]
+    buffers = {k: v for k, v in data["buffer_bytes"].items() if v != base["buffer_bytes"][k]}
+    if buffers:
+        inner = ", ".join(f"{k!r}: {v!r}" for k, v in buffers.items())
+        diffs.append(f"'buffer_bytes': {{**default['buffer_bytes'], {inner}}}")
+    return f"HardwareConfig.from_dict({{**default, {', '.join(diffs)}}})"
+
+
+# -- generation ---------------------------------------------------------------------------
+
+
+def _edgy(ch: Chooser, low: int, high: int, special: Sequence[int] = ()) -> int:
+    """A value in low..high, weighted to the edges: in equal parts any value, `low` (a dim of
+    1), one of `special` (odd primes) and the largest value `high`."""
+    special = [value for value in special if low <= value <= high]
+    mode = ch.integer(0, 3 if special else 2)
+    if mode == 0:
+        return ch.integer(low, high)
+    if mode == 1:
+        return low
+    return high if mode == 2 else ch.choice(special)
+
+
+def draw_workload(ch: Chooser) -> Workload:
+    batch = ch.integer(1, 2)
+    in_channels = _edgy(ch, 1, MAX_CHANNELS, SPECIAL_CHANNELS)
+    out_channels = _edgy(ch, 1, MAX_CHANNELS, SPECIAL_CHANNELS)
+    in_height = _edgy(ch, 1, MAX_SPATIAL, SPECIAL_SPATIAL)
+    in_width = _edgy(ch, 1, MAX_SPATIAL, SPECIAL_SPATIAL)
+    padding = tuple(ch.integer(0, MAX_PAD) for _ in range(4))  # top, left, bottom, right
+    stride = (ch.integer(1, MAX_STRIDE), ch.integer(1, MAX_STRIDE))
+    # anything, 1 (a 1x1 conv) or as large as fits (often the whole padded input)
+    kernel_h = _edgy(ch, 1, min(MAX_KERNEL, in_height + padding[0] + padding[2]))
+    kernel_w = _edgy(ch, 1, min(MAX_KERNEL, in_width + padding[1] + padding[3]))
+    return Workload(
+        batch,
+        in_channels,
+        in_height,
+        in_width,
+        out_channels,
+        kernel_h,
+        kernel_w,
+        stride=stride,
+        padding=padding,
+        bias=ch.boolean(),
+        relu=ch.boolean(),
+    )
+
+
+def draw_config(ch: Chooser, workload: Workload) -> TileConfig:
+    """Any axis and pipeline; N in 1..extent (weighted to 1 and to one-deep tiles, N = extent),
+    or 1 in 8 times extent+1..extent+2: too big, a TileConfigError. (Uniform over 1..extent+2
+    would waste a third of the small workloads on the error.)"""
+    axis = ch.choice(AXES)
+    extent = TileConfig(1, axis).axis_extent(workload)
+    too_big = ch.integer(0, 7) == 7
+    n_tiles = ch.integer(extent + 1, extent + 2) if too_big else _edgy(ch, 1, extent)
+    return TileConfig(n_tiles, axis, ch.choice(PIPELINES))
+
+
+def whole_tensor_bytes(workload: Workload) -> dict[str, int]:
+    """Bytes of each on-chip buffer's whole tensor, one slot: what N=1 would roughly need."""
+    w = workload
+    out = w.batch * w.out_channels * w.out_height * w.out_width
+    return {
+        "inp": w.batch * w.in_channels * w.padded_height * w.padded_width * 4,
+        "wgt": w.out_channels * w.in_channels * w.kernel_h * w.kernel_w * 4,
+        "bias": w.out_channels * 4,
+        "acc": out * 4,
+        "res": out * 4,
+        "out": out * 4,
+    }
+
+
+def draw_hardware(ch: Chooser, workload: Workload) -> HardwareConfig:
+    """A shipped config, or a random valid design point built on the default's fields.
+
+    Half the random ones are tight: one buffer holds 1/16..2x two slots of the workload's whole
+    tensor, so some tile counts overflow and the lowering's advice is exercised."""
+    if not ch.boolean():
+        return load_config(ch.choice(list_configs()))
+    base = load_config("default").to_dict()
+    unlimited = ch.integer(0, 7) == 7
+    bandwidth = None if unlimited else ch.integer(1, 64)
+    buffers = dict(base["buffer_bytes"])
+    if ch.boolean():  # tight, but only one buffer: then some larger N often fits
+        name = ch.choice(BUFFERS)
+        whole = whole_tensor_bytes(workload)[name]
+        buffers[name] = max(1, int(2 * whole * 2.0 ** ch.integer(-4, 1)))
+    data = {
+        **base,
+        "name": "fuzz",
+        "description": "a random valid design point (tests/fuzz_cases.py)",
+        "array_rows": ch.integer(1, 32),
+        "array_cols": ch.integer(1, 32),
+        "dataflow": ch.choice(tuple(DATAFLOWS)),
+        "fill_drain": ch.boolean(),
+        "add_lanes": ch.integer(1, 64),
+        "add_latency_cycles": ch.integer(0, 16),
+        "dma_bytes_per_cycle": bandwidth,
+        "dma_latency_cycles": ch.integer(0, 128),
+        "dma_run_cycles": ch.integer(0, 8),
+        "issue_cycles": ch.integer(0, 8),
+        "buffer_bytes": buffers,
+    }
+    return HardwareConfig.from_dict(data, "fuzz config")
+
+
+def draw_case(ch: Chooser) -> Case:
+    workload = draw_workload(ch)
+    config = draw_config(ch, workload)
+    return Case(workload, config, draw_hardware(ch, workload), ch.integer(0, 2**16))
+
+
+# -- the independent reference --------------------------------------------------------------
+
+
+def make_inputs(workload: Workload, seed: int) -> list[np.ndarray]:
+    """float32 inputs in `Workload.input_names` order, weights scaled by fan-in."""
+    rng = np.random.default_rng(seed)
+    fan_in = workload.in_channels * workload.kernel_h * workload.kernel_w
+    arrays = []
+    for name, shape in zip(workload.input_names, workload.input_shapes):
+        scale = fan_in**-0.5 if name == "weight" else 1.0
+        arrays.append((rng.standard_normal(shape) * scale).astype(np.float32))
+    return arrays
+
+
+def torch_reference(workload: Workload, inputs: list[np.ndarray]) -> tuple[np.ndarray, float]:
+    """conv2d [+ bias] + residual [+ relu] by torch in float64, and the error scale: the largest
+    sum of absolute values any output element adds up (the float32 rounding grows with it)."""
+    import torch
+    import torch.nn.functional as F
+
+    named = {name: torch.from_numpy(x).double() for name, x in zip(workload.input_names, inputs)}
+    top, left, bottom, right = workload.padding
+    data = F.pad(named["data"], (left, right, top, bottom))
+    bias = named["bias"].reshape(-1) if workload.bias else None
+    out = F.conv2d(data, named["weight"], bias, stride=workload.stride) + named["residual"]
+    if workload.relu:
+        out = torch.relu(out)
+    abs_bias = bias.abs() if bias is not None else None
+    magnitude = F.conv2d(data.abs(), named["weight"].abs(), abs_bias, stride=workload.stride)
+    magnitude = magnitude + named["residual"].abs()
+    return out.numpy(), float(magnitude.max())
+
+
+# -- the checks ----------------------------------------------------------------------------
+
+
+def _fits(workload: Workload, config: TileConfig, hardware: HardwareConfig) -> bool:
+    """Every on-chip buffer's slots fit its capacity (counted here, not by the package)."""
+    program = lower_to_program(workload, config)
+    return all(
+        decl.slots * int(np.prod(decl.shape)) * np.dtype(decl.dtype).itemsize
+        <= hardware.buffer_bytes[name]
+        for name, decl in program.buffers.items()
+    )
+
+
+def check_overflow(case: Case, err: BufferOverflowError) -> None:
+    """A BufferOverflowError from the lowering must be true, and so must its advice: "use at
+    least K tiles" names the smallest K that fits, "no tile count fits" means N = extent
+    does not fit either. (Fitting is monotone in N: tiles only shrink as N grows.)"""
+    workload, config, hardware = case.workload, case.config, case.hardware
+    if _fits(workload, config, hardware):
+        raise WrongAnswer(f"BufferOverflowError, but the program fits {hardware.name}: {err}")
+    extent = config.axis_extent(workload)
+    advice = re.search(r"use at least (\d+) tiles along", str(err))
+    if advice:
+        smallest = int(advice[1])
+        if not config.n_tiles < smallest <= extent:
+            raise WrongAnswer(f"advises {smallest} tiles, outside {config.n_tiles + 1}..{extent}")
+        if not _fits(workload, replace(config, n_tiles=smallest), hardware):
+            raise WrongAnswer(f"advises {smallest} tiles, which do not fit either: {err}")
+        fewer = replace(config, n_tiles=smallest - 1)
+        if smallest - 1 > config.n_tiles and _fits(workload, fewer, hardware):
+            raise WrongAnswer(f"advises {smallest} tiles, but {smallest - 1} fit: {err}")
+    elif "no tile count" in str(err) and extent > config.n_tiles:
+        if _fits(workload, replace(config, n_tiles=extent), hardware):
+            raise WrongAnswer(f"says no tile count fits, but {extent} tiles do: {err}")
+
+
+def check_case(case: Case) -> str | None:
+    """Run one case; the name of the documented error it raised, or None when it ran right.
+
+    Raises WrongAnswer for a wrong result (a false BufferOverflowError or false advice in one
+    included), and lets every undocumented exception escape with its own traceback: a
+    ProgramError other than BufferOverflowError, HazardError, DeadlockError, ValueError,
+    IndexError, TVM's errors, ...
+    """
+    workload, config, hardware = case.workload, case.config, case.hardware
+    extent = config.axis_extent(workload)
+    try:
+        program = lower_to_program(workload, config, hardware)
+    except TileConfigError:
+        if config.n_tiles > extent:
+            return "TileConfigError"
+        raise  # a tile count in 1..extent is valid
+    except BufferOverflowError as err:
+        check_overflow(case, err)
+        return "BufferOverflowError"
+    except UnsupportedWorkloadError:
+        return "UnsupportedWorkloadError"
+    if config.n_tiles > extent:
+        raise WrongAnswer(f"tile count {config.n_tiles} > extent {extent} was accepted")
+
+    inputs = make_inputs(workload, case.seed)
+    # No documented error is left here: lowering with `hardware` already checked the fit.
+    result = simulate(program, hardware, dict(zip(workload.input_names, inputs)))
+    timing = simulate(program, hardware, functional=False)
+
+    got = result.outputs["output"]
+    expected, magnitude = torch_reference(workload, inputs)
+    if got.shape != expected.shape:
+        raise WrongAnswer(f"output shape {got.shape}, expected {expected.shape}")
+    error = float(np.max(np.abs(got.astype(np.float64) - expected)))
+    if not error <= RTOL * magnitude:  # also catches NaN
+        worst = np.unravel_index(np.nanargmax(np.abs(got - expected)), got.shape)
+        raise WrongAnswer(
+            f"output differs from torch by {error:.3g} (allowed {RTOL * magnitude:.3g}); "
+            f"worst at {tuple(map(int, worst))}: {got[worst]!r} vs {expected[worst]!r}"
+        )
+    for name, array in zip(workload.input_names, inputs):
+        if not np.array_equal(result.outputs[name], array):
+            raise WrongAnswer(f"the simulation changed its input tensor {name!r}")
+    if timing.total_cycles != result.total_cycles:
+        raise WrongAnswer(
+            f"timing-only run took {timing.total_cycles} cycles, functional {result.total_cycles}"
+        )
+    return None
