@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import tvm
+import tvm_ffi
 from tvm import relax
 
 from tvm_convadd.errors import ConvAddError, UnsupportedWorkloadError
@@ -243,6 +244,20 @@ def fused_calls(mod: tvm.IRModule, func_name: str = "main") -> list[str]:
 
 
 # --- explain: why each conv2d was or was not fused --------------------------------------------
+#
+# The verdicts are the partition's own: `explain` runs PartitionConvAdd (or takes its result),
+# finds each call of a fused function and maps the conv2d inside it back to a conv2d of the
+# module before partitioning. FuseOpsByPattern keeps every Var and Constant outside the cut as
+# the same object, so a call site's arguments are the original operands; the one new Var is each
+# call's result, which stands for the last binding of its region. The code below only words the
+# reasons for the convs the partition left alone, from the graph around them.
+
+FUSED = "fused: "
+NOT_FUSED = "not fused: "
+# What a refusal says when none of the known causes applies (the pattern takes the conv, yet
+# PartitionConvAdd left it alone): a gap in this explanation, which the tests rule out.
+UNEXPLAINED = "PartitionConvAdd left it alone for a reason explain cannot name"
+NOT_DATAFLOW = "not in a dataflow block (run relax.transform.ConvertToDataflow first)"
 
 
 @dataclass(frozen=True)
@@ -253,6 +268,14 @@ class ConvDecision:
     description: str
     fused: bool
     reason: str
+
+
+@dataclass(frozen=True)
+class _FusedSite:
+    """A call of a fused function, mapped back: the original bindings it replaced, conv first."""
+
+    region: tuple[relax.Var, ...]
+    label: str  # conv2d+bias+residual+relu
 
 
 def _conv_description(conv: relax.Call) -> str:
@@ -275,91 +298,291 @@ def _users(func: relax.Function) -> dict[relax.Var, list[relax.Var | None]]:
     return users
 
 
+def _is_fused_function(func: relax.BaseFunc) -> bool:
+    """Made by PartitionConvAdd: offloaded (Codegen) or, with offload=False, a composite."""
+    attrs = (func.attrs or {}) if isinstance(func, relax.Function) else {}
+    composite = str(attrs.get("Composite", ""))
+    return str(attrs.get("Codegen", "")) == CODEGEN or composite.startswith(f"{CODEGEN}.")
+
+
+def _same_call(value: relax.Expr | None, like: relax.Call, args: list[relax.Expr]) -> bool:
+    return (
+        isinstance(value, relax.Call)
+        and value.op.same_as(like.op)
+        and len(value.args) == len(args)
+        and all(arg.same_as(wanted) for arg, wanted in zip(value.args, args))
+        and tvm_ffi.structural_equal(value.attrs, like.attrs)
+    )
+
+
+class _CallSite:
+    """Maps an expression of a fused function to the original expression its call site passes."""
+
+    def __init__(self, func: relax.Function, call: relax.Call, renamed: dict, name: str):
+        self.composite, inner_args = _composite(func, name)
+        self.inner = dict(zip(self.composite.params, inner_args))
+        self.outer = dict(zip(func.params, call.args))
+        self.renamed = renamed
+
+    def original(self, expr: relax.Expr) -> relax.Expr:
+        expr = self.inner.get(expr, expr)  # a composite parameter: what the function passes it
+        expr = self.outer.get(expr, expr)  # a parameter of the function: the call's argument
+        return self.renamed.get(expr, expr)  # an earlier fused call's result: its region's root
+
+
+def _follow_region(
+    conv_var: relax.Var, bindings: list[relax.Binding], site: _CallSite, users: dict, var2val: dict
+) -> tuple[relax.Var, ...] | None:
+    """The original bindings the composite's bindings (its conv2d first) stand for, or None.
+
+    Each binding after the conv must be an original user of an earlier one, with the same op
+    and attributes and the same operands (the composite's own bindings mapped as found so far).
+    """
+    inner = {bindings[0].var: conv_var}
+    region = [conv_var]
+    for binding in bindings[1:]:
+        value = binding.value
+        if isinstance(value, relax.Var) and value in inner:  # an alias such as the output
+            inner[binding.var] = inner[value]
+            continue
+        if not isinstance(value, relax.Call):
+            return None
+        args = [inner[arg] if arg in inner else site.original(arg) for arg in value.args]
+        produced = [arg for arg in args if any(arg.same_as(var) for var in region)]
+        if not produced:
+            return None
+        found = next(
+            (
+                user
+                for user in users.get(produced[0], [])
+                if user is not None and _same_call(var2val.get(user), value, args)
+            ),
+            None,
+        )
+        if found is None:
+            return None
+        inner[binding.var] = found
+        region.append(found)
+    return tuple(region)
+
+
+def _fused_sites(
+    func: relax.Function, func_name: str, partitioned: tvm.IRModule, var2val: dict, users: dict
+) -> dict[relax.Var, _FusedSite]:
+    """Each conv2d of `func` that the partition put into a fused function, by its variable."""
+    if func_name not in [gvar.name_hint for gvar in partitioned.functions]:
+        raise ConvAddError(f"the partitioned module has no function {func_name}")
+    convs = [b.var for b in _bindings(func) if _is_op(b.value, CONV2D)]
+    sites: dict[relax.Var, _FusedSite] = {}
+    renamed: dict[relax.Var, relax.Expr] = {}
+    for binding in _bindings(partitioned[func_name]):
+        value = binding.value
+        if isinstance(value, relax.Var):
+            if value in renamed:
+                renamed[binding.var] = renamed[value]
+            continue
+        if not isinstance(value, relax.Call) or not isinstance(value.op, tvm.ir.GlobalVar):
+            continue
+        name = value.op.name_hint
+        fused_func = partitioned[value.op]
+        if not _is_fused_function(fused_func):
+            continue
+        site = _CallSite(fused_func, value, renamed, name)
+        inner = _bindings(site.composite)
+        if not inner or not _is_op(inner[0].value, CONV2D):
+            raise ConvAddError(f"fused function {name} does not start with a conv2d")
+        conv = inner[0].value
+        operands = [site.original(arg) for arg in conv.args]
+        region = None
+        for conv_var in convs:
+            if conv_var in sites or not _same_call(var2val[conv_var], conv, operands):
+                continue
+            region = _follow_region(conv_var, inner, site, users, var2val)
+            if region is not None:
+                break
+        if region is None:
+            raise ConvAddError(
+                f"{func_name}/{binding.var.name} calls {name}, whose conv2d [+ bias] + add is "
+                f"not one of {func_name}'s: pass explain the module `partitioned` was made from"
+            )
+        label = f"conv2d+{describe(fused_func, name).workload.epilogue}"
+        sites[region[0]] = _FusedSite(region, label)
+        renamed[binding.var] = region[-1]
+    return sites
+
+
 def _matched_bindings(matched: dict[str, relax.Expr], var2val: dict) -> set[relax.Var]:
     """The variables bound to the matched ops (the operands are outside the region)."""
     ops = [matched[key] for key in ("conv", "bias_add", "add", "root") if key in matched]
     return {var for var, value in var2val.items() if any(value.same_as(op) for op in ops)}
 
 
-def _why_unmatched(conv_var: relax.Var, users: dict, var2val: dict, fused_by: dict) -> str:
-    """The reason a conv that no pattern matched stays alone, read from what follows it."""
-    current, saw_bias = conv_var, False
+def _pattern_refusals(
+    func: relax.Function, var2val: dict, users: dict, claimed: dict
+) -> dict[relax.Var, str]:
+    """Why the pattern check refuses each conv a pattern matches outside the partition's cuts.
+
+    The first refusal in table order wins, as it is the one FuseOpsByPattern met first. A match
+    whose "residual" is a constant is left to `_why_unmatched`: that constant is a bias.
+    """
+    convs = [b.var for b in _bindings(func) if _is_op(b.value, CONV2D)]
+    bindings = [
+        binding
+        for block in func.body.blocks
+        if isinstance(block, relax.DataflowBlock)
+        for binding in block.bindings
+    ]
+    refused: dict[relax.Var, str] = {}
+    for bias, relu, residual_first in VARIANTS:
+        pattern, annotations = make_pattern(bias, relu, residual_first)
+        for binding in bindings:
+            if binding.var in claimed or not pattern.match(binding.value, var2val):
+                continue
+            extracted = pattern.extract_matched_expr(binding.value, var2val)
+            matched = {key: extracted[pat] for key, pat in annotations.items() if pat in extracted}
+            conv_var = next(v for v in convs if var2val[v].same_as(matched["conv"]))
+            region = _matched_bindings(matched, var2val)
+            if region & claimed.keys() or isinstance(matched["residual"], tvm.ir.expr.Constant):
+                continue
+            inner = region - {binding.var}
+            leaks = any(user not in region for var in inner for user in users.get(var, []))
+            reason = LEAK_REASON if leaks else rejection(matched)
+            if reason is not None:
+                refused.setdefault(conv_var, reason)
+    return refused
+
+
+def _is_bias_shaped(expr: relax.Expr, out_channels: int) -> bool:
+    return static_shape(expr) == (1, out_channels, 1, 1)
+
+
+def _what(value: relax.Expr | None) -> str:
+    """An expression named for a reason: its op, the function it calls, or its kind."""
+    if isinstance(value, relax.Call) and isinstance(value.op, tvm.ir.Op):
+        return str(value.op.name).removeprefix("relax.")
+    if isinstance(value, relax.Call) and isinstance(value.op, tvm.ir.GlobalVar):
+        return f"a call of {value.op.name_hint}"
+    if isinstance(value, relax.Tuple):
+        return "a tuple"
+    return "a binding" if value is None else type(value).__name__
+
+
+def _user_name(user: relax.Var | None, var2val: dict, claimed: dict) -> str:
+    """What a user of a conv's output is, for a reason: fused regions by their conv's name."""
+    if user is None:
+        return "the result"
+    value = var2val.get(user)
+    if user not in claimed:
+        return _what(value)
+    if _is_op(value, CONV2D):
+        return f"the input of fused {claimed[user]}"
+    return f"the add fused with {claimed[user]}"
+
+
+def _why_unmatched(conv_var: relax.Var, users: dict, var2val: dict, claimed: dict) -> str | None:
+    """The reason no pattern took a conv, read from what follows it; None if none is found.
+
+    `claimed` maps each binding inside a fused region to the fused conv's name.
+    """
+    out_channels = static_shape(conv_var)[1]
+    current, biases = conv_var, 0
     while True:
+        no_add = "no add follows"
+        if biases:
+            only = "a per-channel bias" if biases == 1 else "per-channel biases"
+            no_add = f"no residual add follows (only {only})"
         consumers = users.get(current, [])
-        if len(consumers) != 1 or consumers[0] is None:
-            return "no add follows" if not consumers else "its output has other users too"
-        consumer = consumers[0]
-        if consumer in fused_by:
-            return f"its add is fused with {fused_by[consumer]} (it is that conv's residual)"
-        value = var2val[consumer]
-        if not _is_op(value, "relax.add"):
+        if not consumers:
+            return f"{no_add}: its output is unused"
+        if consumers == [None]:
+            return f"{no_add}: its output is the result"
+        if len(consumers) != 1:
+            shown = [_user_name(user, var2val, claimed) for user in consumers]
             return (
-                "no residual add follows (only a per-channel bias)"
-                if saw_bias
-                else "no add follows"
+                f"its output has {len(consumers)} users ({', '.join(shown)}); a fused conv's "
+                "output goes to its add alone"
             )
+        consumer = consumers[0]
+        value = var2val.get(consumer)
+        if consumer in claimed:
+            if _is_op(value, CONV2D):
+                return f"{no_add}: it is the input of {claimed[consumer]}, which is fused"
+            return f"its add is fused with {claimed[consumer]} (it is that conv's residual)"
+        if isinstance(value, relax.Var):
+            return f"{no_add}: its output is the result"
+        if not _is_op(value, "relax.add"):
+            return f"{no_add}; next comes {_what(value)}"
         other = value.args[1] if value.args[0].same_as(current) else value.args[0]
-        out_channels = static_shape(conv_var)[1] if static_shape(conv_var) else None
-        if saw_bias or static_shape(other) != (1, out_channels, 1, 1):
-            return "no fusable residual add follows"
-        current, saw_bias = consumer, True
+        if _is_bias_shaped(other, out_channels) and (
+            biases == 0 or isinstance(other, tvm.ir.expr.Constant)
+        ):
+            current, biases = consumer, biases + 1
+            continue
+        if isinstance(other, tvm.ir.expr.Constant):
+            return "the added tensor is a constant: a bias, not a residual"
+        return None
 
 
-def _explain_function(func: relax.Function, func_name: str) -> list[ConvDecision]:
+def _explain_function(
+    func: relax.Function, func_name: str, partitioned: tvm.IRModule
+) -> list[ConvDecision]:
     var2val = relax.analysis.get_var2val(func)
     users = _users(func)
+    sites = _fused_sites(func, func_name, partitioned, var2val, users)
+    claimed = {
+        var: f"{func_name}/{conv_var.name}"
+        for conv_var, site in sites.items()
+        for var in site.region
+    }
+    refused = _pattern_refusals(func, var2val, users, claimed)
     dataflow = {
         binding.var
         for block in func.body.blocks
         if isinstance(block, relax.DataflowBlock)
         for binding in block.bindings
     }
-    bindings = _bindings(func)
-    convs = [b.var for b in bindings if _is_op(b.value, CONV2D)]
-    claimed: dict[relax.Var, str] = {}
-    fused: dict[relax.Var, str] = {}
-    first_reason: dict[relax.Var, str] = {}
-    for bias, relu, residual_first in VARIANTS:
-        pattern, annotations = make_pattern(bias, relu, residual_first)
-        for binding in bindings:
-            if binding.var in claimed or binding.var not in dataflow:
-                continue
-            if not pattern.match(binding.value, var2val):
-                continue
-            extracted = pattern.extract_matched_expr(binding.value, var2val)
-            matched = {key: extracted[pat] for key, pat in annotations.items() if pat in extracted}
-            conv_var = next(v for v in convs if var2val[v].same_as(matched["conv"]))
-            region = _matched_bindings(matched, var2val)
-            if region & claimed.keys():
-                continue
-            inner = region - {binding.var}
-            leaks = any(user not in region for var in inner for user in users.get(var, []))
-            reason = LEAK_REASON if leaks else rejection(matched)
-            if reason is None:
-                label = "+".join(["conv2d", *["bias"] * bias, "residual", *["relu"] * relu])
-                fused[conv_var] = label
-                claimed.update(dict.fromkeys(region, f"{func_name}/{conv_var.name}"))
-            elif not isinstance(matched["residual"], tvm.ir.expr.Constant):
-                # A constant "residual" is the conv's bias: `_why_unmatched` words that better.
-                first_reason.setdefault(conv_var, reason)
     decisions = []
-    for conv_var in convs:
-        conv = var2val[conv_var]
-        if conv_var in fused:
-            fused_flag, reason = True, f"fused: {fused[conv_var]}"
+    for binding in _bindings(func):
+        if not _is_op(binding.value, CONV2D):
+            continue
+        conv_var, conv = binding.var, binding.value
+        if conv_var in sites:
+            fused, reason = True, FUSED + sites[conv_var].label
         else:
-            why = conv_rejection(conv) or first_reason.get(conv_var)
-            if why is None and conv_var not in dataflow:
-                why = "not in a dataflow block (run relax.transform.ConvertToDataflow first)"
-            why = why or _why_unmatched(conv_var, users, var2val, claimed)
-            fused_flag, reason = False, f"not fused: {why}"
+            why = (
+                conv_rejection(conv)
+                or (NOT_DATAFLOW if conv_var not in dataflow else None)
+                or refused.get(conv_var)
+                or _why_unmatched(conv_var, users, var2val, claimed)
+                or UNEXPLAINED
+            )
+            fused, reason = False, NOT_FUSED + why
         name = f"{func_name}/{conv_var.name}"
-        decisions.append(ConvDecision(name, _conv_description(conv), fused_flag, reason))
+        decisions.append(ConvDecision(name, _conv_description(conv), fused, reason))
     return decisions
 
 
-def explain(mod: tvm.IRModule) -> list[ConvDecision]:
-    """For each conv2d in `mod` (before partitioning), whether PartitionConvAdd fuses it and why."""
+def explain(mod: tvm.IRModule, partitioned: tvm.IRModule | None = None) -> list[ConvDecision]:
+    """For each conv2d in `mod` (before partitioning), whether PartitionConvAdd fuses it and why.
+
+    The verdicts come from the partition itself: `partitioned` is `PartitionConvAdd()(mod)`
+    unless given (pass the one you already have, made from this very `mod`: offloaded or not).
+    Each conv left unfused gets the reason: what the accelerator refuses in the conv itself
+    (layout, groups, dilation, dtype, dynamic shape), then what the pattern check refuses in
+    its epilogue (broadcast residual, a residual that is the conv's input, an output that
+    other ops use too), then what follows it (no add, only a bias, an add fused with another
+    conv).
+    """
+    fused_already = sorted(
+        gvar.name_hint for gvar, func in mod.functions.items() if _is_fused_function(func)
+    )
+    if fused_already:
+        raise ConvAddError(
+            f"explain takes the module before partitioning, and this one has fused functions "
+            f"{_some(fused_already)}: pass the original as mod and this one as partitioned"
+        )
+    if partitioned is None:
+        partitioned = PartitionConvAdd()(mod)
     decisions = []
     for gvar, func in mod.functions.items():
         if not isinstance(func, relax.Function):
@@ -367,7 +590,7 @@ def explain(mod: tvm.IRModule) -> list[ConvDecision]:
         attrs = func.attrs or {}
         if "Codegen" in attrs or "Composite" in attrs:
             continue
-        decisions.extend(_explain_function(func, gvar.name_hint))
+        decisions.extend(_explain_function(func, gvar.name_hint, partitioned))
     return decisions
 
 
