@@ -30,6 +30,7 @@ from tvm import relax
 from tvm_convadd.heuristic import default_config
 from tvm_convadd.networks import NETWORKS, get_network, resnet50
 from tvm_convadd.partition import PartitionConvAdd, fused_functions, prepare
+from tvm_convadd.records import find_best
 from tvm_convadd.schedules.workload import Workload
 from tvm_convadd.target.hardware import HardwareConfig, conv_gemm, load_config
 from tvm_convadd.target.isa import Conv, Program
@@ -104,11 +105,12 @@ def offloaded_workloads(image_size: int) -> list[Workload]:
 
 
 def emitted_tile_shapes(workloads: list[Workload], hardware: HardwareConfig) -> list[ConvShape]:
-    """Every distinct CONV instruction shape of the heuristic's program for each workload,
-    with the simulator's own cycles for it (timing-only run, less the issue cost)."""
+    """Every distinct CONV instruction shape of the program each workload runs with (its
+    shipped record, else the heuristic's pick), checked against the simulator's own cycles
+    for it (timing-only run, less the issue cost)."""
     shapes: dict[tuple, ConvShape] = {}
     for workload in tqdm(workloads, desc="lowering offloaded layers", leave=False):
-        config = default_config(workload, hardware)
+        config = find_best(workload, "convadd-sim") or default_config(workload, hardware)
         program = lower_to_program(workload, config)
         for conv, cycles in _conv_durations(program, hardware):
             (_, _), (_, c), (_, h), (_, w) = conv.inp.region
@@ -276,8 +278,8 @@ def main() -> None:
     if tiles:
         tile_oracle = {(i - len(layers), d): v for (i, d), v in oracle.items() if i >= len(layers)}
         tile_worst = table(
-            f"all {len(tiles)} CONV tile shapes the heuristic's tiles emit on the layers "
-            f"offloaded from {', '.join(NETWORKS)} (default config)",
+            f"all {len(tiles)} CONV tile shapes emitted on the layers offloaded from "
+            f"{', '.join(NETWORKS)} with their shipped records (default config)",
             tiles,
             configs,
             tile_oracle,
