@@ -335,9 +335,23 @@ def cmd_targets(_args) -> int:
     return 0
 
 
+def _tune_command(args) -> str:
+    """The command that resumes this tune: the records already in --records are not re-run."""
+    import shlex
+
+    argv = ["tvm-convadd", "tune", args.model, "--trials", str(args.trials)]
+    argv += ["--records", args.records_dir, "--target", args.target]
+    for option in ("image_size", "width"):
+        if getattr(args, option) is not None:
+            argv += [f"--{option.replace('_', '-')}", str(getattr(args, option))]
+    for name, dims in args.input_shape:
+        argv += ["--input-shape", f"{name}:{'x'.join(map(str, dims))}"]
+    return shlex.join(argv)
+
+
 def cmd_tune(args) -> int:
     from tvm_convadd.partition import PartitionConvAdd, fused_functions, prepare
-    from tvm_convadd.tuner import tune_workloads
+    from tvm_convadd.tuner import TuneInterrupted, tune_workloads
 
     _check_records_dir(args.records_dir)
     mod, params, _, _ = _load_model(args)
@@ -350,9 +364,17 @@ def cmd_tune(args) -> int:
         f"tuning {len(workloads)} distinct fused conv+add layers of {args.model} "
         f"for {args.target}, {args.trials} trials each, records in {args.records_dir}"
     )
-    results = tune_workloads(
-        workloads, target=args.target, trials=args.trials, records_dir=args.records_dir
-    )
+    try:
+        results = tune_workloads(
+            workloads, target=args.target, trials=args.trials, records_dir=args.records_dir
+        )
+    except TuneInterrupted as stop:
+        print(
+            f"tvm-convadd: interrupted; {stop.measured} new measurement(s) kept in "
+            f"{stop.records_path}; resume with: {_tune_command(args)}",
+            file=sys.stderr,
+        )
+        return 130
     print(f"\n{'layer':<60} {'best config':<36} {'cycles':>9} {'measured':>8} {'reused':>6}")
     for result in results:
         best = str(result.best) if result.best is not None else "none fits"

@@ -6,6 +6,18 @@ that config to a Program (a config that does not fit fails the build and is neve
 the runner simulates it (timing only) in a process pool, and each measurement is appended to
 the records file as it completes. Import this module lazily: MetaSchedule's TuneContext pulls
 in `tvm.s_tir.tensor_intrin` (~14 s) on first use.
+
+Interrupting. MetaSchedule's loop runs in C++ and calls back into Python; a KeyboardInterrupt
+raised inside a callback comes out of `tune_tir` as a RuntimeError (tvm_ffi converts it), and a
+KeyboardInterrupt raised at an arbitrary point could cut a record in half. So while it runs,
+Ctrl-C only asks the tuner to stop: the callbacks check that request at safe points and the
+tune ends with `TuneInterrupted` (a KeyboardInterrupt), every measurement taken so far in the
+records file. A second Ctrl-C interrupts at once. The pool's workers ignore SIGINT (it is the
+parent's to handle) and exit when their parent dies, even by SIGKILL.
+
+Several tuners may share a records directory: each claims its configs (`records.claim`) after
+lowering them and before measuring, and takes the cycles of a config another live tuner
+claimed from the records file once that tuner has written them, so no config is measured twice.
 """
 
 from __future__ import annotations
@@ -17,9 +29,14 @@ import multiprocessing
 import os
 import random
 import shutil
+import signal
+import sys
 import tempfile
-from collections.abc import Callable, Sequence
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -37,7 +54,7 @@ from tvm.s_tir.meta_schedule.mutator import PyMutator
 from tvm.s_tir.meta_schedule.runner import PyRunner, RunnerFuture, RunnerInput, RunnerResult
 
 from tvm_convadd import heuristic, records, search_space
-from tvm_convadd.errors import TileConfigError
+from tvm_convadd.errors import RecordsError, TileConfigError
 from tvm_convadd.schedules.primfunc import convadd_primfunc
 from tvm_convadd.schedules.tile_config import TileConfig
 from tvm_convadd.schedules.workload import Workload
@@ -50,6 +67,8 @@ from tvm_convadd.target.simulator import simulate
 WORKLOAD_ATTR = "convadd.workload"  # PrimFunc attr: the Workload as a JSON string
 CHOICE_ATTR = "convadd.config_index"  # root-block annotation: index into enumerate_configs
 MS_DIR = "metaschedule"  # MetaSchedule's database and logs, inside the records directory
+CLAIM_POLL_SECS = 0.2  # how often a tuner looks for a config another tuner claimed
+CLAIM_WAIT_SECS = 120.0  # how long it waits for that config's record before skipping it
 
 logger = logging.getLogger(__name__)
 MeasureHook = Callable[[TileConfig, int], None]
@@ -67,6 +86,23 @@ class TuneResult:
     measured: int  # configs simulated in this run
     reused: int  # records of earlier runs (kept, never re-measured)
     records_path: Path
+    shared: int = 0  # trials served from records a concurrent tuner wrote during this run
+
+
+class TuneInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped tuning at a safe point. Every measurement taken is in the records file
+    (each is appended and flushed as it completes), so running the same tuning again resumes:
+    recorded configs are served from the file, never re-measured."""
+
+    def __init__(
+        self, measured: int, records_path: Path, results: Sequence[TuneResult] = ()
+    ) -> None:
+        super().__init__(
+            f"tuning interrupted: {measured} new measurement(s) kept in {records_path}"
+        )
+        self.measured = measured  # configs this run measured and recorded, all workloads
+        self.records_path = records_path
+        self.results = tuple(results)  # the workloads whose tuning had finished
 
 
 # -- the module MetaSchedule tunes ----------------------------------------------------------
@@ -189,10 +225,22 @@ class ConfigFeatures(PyFeatureExtractor):
         return rows
 
 
+class _Stop(Exception):
+    """Raised at a safe point after Ctrl-C; tune_workload turns it into TuneInterrupted."""
+
+
+# configs this process claimed in a tune that ended without recording them (an interrupted or
+# failed run): the claims file still names this process, so no other tuner measures them, and
+# a later tune in this process takes them back. Keyed by (pid, records file, workload, target).
+_orphans: dict[tuple[int, str, str, str], set[TileConfig]] = {}
+_orphans_lock = threading.Lock()
+
+
 @dataclass
 class _Session:
     """What builder, runner and history share during one tune: the hardware, the records file,
-    the cache of earlier measurements, and the per-trial history."""
+    the cache of earlier measurements, this run's claims and measurements, and the per-trial
+    history."""
 
     workload: Workload
     target: str
@@ -202,18 +250,42 @@ class _Session:
     on_measure: MeasureHook | None = None
     pool: ProcessPoolExecutor | None = None
     artifacts: str = field(default_factory=lambda: tempfile.mkdtemp(prefix="convadd_tune_"))
+    kinds: dict[str, tuple] = field(default_factory=dict)  # artifact -> (kind, value)
     trials: list[int | None] = field(default_factory=list)
     measured: int = 0
+    shared: int = 0
+    claimed: set[TileConfig] = field(default_factory=set)  # ours to measure
+    recorded: set[TileConfig] = field(default_factory=set)  # measured and written by this run
+    running: dict[TileConfig, Future] = field(default_factory=dict)  # submitted, not yet told
     progress: object = None
     interrupted: BaseException | None = None  # raised in a callback; FFI would mangle its type
+    stop_requested: bool = False  # Ctrl-C was pressed
+    defer_ctrl_c: bool = False  # while MetaSchedule runs, Ctrl-C waits for a safe point
 
-    def record(self, config: TileConfig, cycles: int) -> None:
-        """Persist one new measurement at once (append + flush), then tell the caller."""
-        self.known[config] = cycles
-        self.measured += 1
+    @property
+    def orphan_key(self) -> tuple[int, str, str, str]:
+        return (os.getpid(), str(self.records_path.absolute()), self.workload.key, self.target)
+
+    def check_stop(self) -> None:
+        """A safe point: stop here if Ctrl-C was pressed."""
+        if self.stop_requested:
+            raise _Stop("Ctrl-C")
+
+    def persist(self, config: TileConfig, cycles: int) -> None:
+        """Append one new measurement at once (append + flush); idempotent."""
+        if config in self.recorded:
+            return
         records.append_record(
             self.records_path, records.Record(self.workload, self.target, config, cycles)
         )
+        self.recorded.add(config)
+        self.known[config] = cycles
+        self.measured += 1
+
+    def record(self, config: TileConfig, cycles: int) -> None:
+        """Persist one new measurement, then tell the caller."""
+        self.persist(config, cycles)
+        self.running.pop(config, None)
         if self.on_measure is not None:
             try:
                 self.on_measure(config, cycles)
@@ -221,18 +293,56 @@ class _Session:
                 self.interrupted = err
                 raise
 
+    def persist_finished(self) -> None:
+        """Write the measurements that are done but not yet asked for, so that a tuner waiting
+        for one of our claims never waits on us while we wait on it."""
+        for config, future in list(self.running.items()):
+            if future.done() and not future.cancelled() and future.exception() is None:
+                self.persist(config, future.result())
+
+    def claim(self, configs: Sequence[TileConfig]) -> set[TileConfig]:
+        """The `configs` this run may measure: claimed now, or already ours."""
+        wanted = [c for c in dict.fromkeys(configs) if c not in self.claimed]
+        got = set(records.claim(self.records_path, self.workload, self.target, wanted))
+        refused = set(wanted) - got
+        if refused:
+            with _orphans_lock:
+                orphans = _orphans.get(self.orphan_key, set())
+                got |= refused & orphans
+                orphans -= refused
+        self.claimed |= got
+        return {c for c in configs if c in self.claimed}
+
+    def release(self) -> None:
+        """At the end of the run: claims not recorded stay this process's (see `_orphans`)."""
+        unrecorded = self.claimed - self.recorded
+        if unrecorded:
+            with _orphans_lock:
+                _orphans.setdefault(self.orphan_key, set()).update(unrecorded)
+
 
 @derived_object
 class ProgramBuilder(PyBuilder):
-    """Lowers each candidate's config to a Program JSON artifact; no TVM codegen."""
+    """Lowers each candidate's config to a Program JSON artifact; no TVM codegen. The configs
+    that fit are claimed in the records file before anything is measured."""
 
     def __init__(self, session: _Session) -> None:
         self.session = session
 
     def build(self, build_inputs: list[BuilderInput]) -> list[BuilderResult]:
-        return [self._build_one(bi.mod) for bi in build_inputs]
+        session = self.session
+        session.check_stop()
+        built = [self._build_one(bi.mod) for bi in build_inputs]
+        new = [config for result, config in built if config is not None]
+        ours = session.claim(new) if new else set()
+        for result, config in built:
+            if config is not None and config not in ours:  # another live tuner measures it
+                session.kinds[result.artifact_path] = ("claimed", config)
+        session.check_stop()
+        return [result for result, _ in built]
 
-    def _build_one(self, mod: tvm.IRModule) -> BuilderResult:
+    def _build_one(self, mod: tvm.IRModule) -> tuple[BuilderResult, TileConfig | None]:
+        """The build result, and the config if it is to be measured (else None)."""
         session = self.session
         config = config_of(mod)
         # RemoveBuildArtifact deletes dirname(artifact): one directory per artifact
@@ -240,25 +350,26 @@ class ProgramBuilder(PyBuilder):
         artifact = os.path.join(directory, "program.json")
         if config in session.known:
             with open(artifact, "w") as file:
-                json.dump(
-                    {"cached_cycles": session.known[config], "config": config.to_dict()}, file
-                )
-            return BuilderResult(artifact, None)
+                json.dump({"cycles": session.known[config], "config": config.to_dict()}, file)
+            session.kinds[artifact] = ("cached", session.known[config])
+            return BuilderResult(artifact, None), None
         try:
             program = search_space.lowered(session.workload, config)
         except Exception as err:  # a schedule or lowering bug must not stop the whole tune
-            return BuilderResult(None, f"{config}: lowering failed: {err}")
+            session.check_stop()  # tvm_ffi turns a KeyboardInterrupt in a callback into this
+            return BuilderResult(None, f"{config}: lowering failed: {err}"), None
         over = overflowing(program, session.hardware)
         if over:
             details = "; ".join(f"{b} needs {n} B, has {c} B" for b, (n, c) in over.items())
-            return BuilderResult(
-                None,
+            message = (
                 f"{config} does not fit {session.hardware.name}: {details}; "
-                "the tuner skips it (more tiles or another axis fit)",
+                "the tuner skips it (more tiles or another axis fit)"
             )
+            return BuilderResult(None, message), None
         with open(artifact, "w") as file:
             file.write(program.to_json())
-        return BuilderResult(artifact, None)
+        session.kinds[artifact] = ("program", config)
+        return BuilderResult(artifact, None), config
 
 
 def simulate_artifact(path: str, hardware: str) -> int:
@@ -290,46 +401,77 @@ class SimRunner(PyRunner):
         self.session = session
 
     def run(self, runner_inputs: list[RunnerInput]) -> list[RunnerFuture]:
+        self.session.check_stop()
         return [self._run_one(ri.artifact_path) for ri in runner_inputs]
 
     def _run_one(self, path: str) -> RunnerFuture:
         session = self.session
-        with open(path) as file:
-            head = file.read(200)
-        if head.startswith('{"cached_cycles"'):
-            with open(path) as file:
-                cycles = int(json.load(file)["cached_cycles"])
+        kind, value = session.kinds.pop(path)
+        if kind == "cached":
             done: Future = Future()
-            done.set_result(cycles)
+            done.set_result(value)
             return self._future(done, None)
-        config = _program_config(path)
-        if session.pool is None:
-            future: Future = Future()
-            future.set_result(simulate_artifact(path, _hardware_json(session.hardware)))
-        else:
-            hardware = _hardware_json(session.hardware)
-            future = session.pool.submit(simulate_artifact, path, hardware)
-        return self._future(future, config)
+        if kind == "claimed":
+            return RunnerFuture(f_done=lambda: False, f_result=lambda: self._wait_for(value, path))
+        if value not in session.running:
+            session.running[value] = self._submit(path)
+        return self._future(session.running[value], value)
+
+    def _submit(self, path: str) -> Future:
+        hardware = _hardware_json(self.session.hardware)
+        if self.session.pool is not None:
+            return self.session.pool.submit(simulate_artifact, path, hardware)
+        future: Future = Future()
+        try:
+            future.set_result(simulate_artifact(path, hardware))
+        except Exception as err:
+            future.set_exception(err)
+        return future
+
+    def _result(self, cycles: int) -> RunnerResult:
+        return RunnerResult([cycles / (self.session.hardware.clock_mhz * 1e6)], None)
 
     def _future(self, future: Future, new_config: TileConfig | None) -> RunnerFuture:
-        session, clock_hz = self.session, self.session.hardware.clock_mhz * 1e6
+        return RunnerFuture(f_done=future.done, f_result=lambda: self._collect(future, new_config))
 
-        def result() -> RunnerResult:
-            try:
-                cycles = future.result()
-            except Exception as err:  # a simulator error is this candidate's failure only
-                return RunnerResult(None, f"simulation failed: {err}")
-            if new_config is not None:
-                session.record(new_config, cycles)
-            return RunnerResult([cycles / clock_hz], None)
+    def _collect(self, future: Future, new_config: TileConfig | None) -> RunnerResult:
+        """The candidate's result; a new measurement is recorded first."""
+        session = self.session
+        session.check_stop()
+        try:
+            cycles = future.result()
+        except Exception as err:  # a simulator error is this candidate's failure only
+            session.check_stop()
+            session.running.pop(new_config, None)
+            return RunnerResult(None, f"simulation failed: {err}")
+        if new_config is not None:
+            session.record(new_config, cycles)
+        session.check_stop()
+        return self._result(cycles)
 
-        return RunnerFuture(f_done=future.done, f_result=result)
-
-
-def _program_config(path: str) -> TileConfig:
-    with open(path) as file:
-        meta = json.load(file)["meta"]
-    return TileConfig(**meta["config"])
+    def _wait_for(self, config: TileConfig, path: str) -> RunnerResult:
+        """A config another live tuner claimed: its cycles once that tuner records them, or
+        ours if it exits without recording them; never measured by both."""
+        session = self.session
+        deadline = time.monotonic() + CLAIM_WAIT_SECS
+        while True:
+            session.check_stop()
+            session.persist_finished()
+            cycles = _recorded(session.records_path, session.workload, session.target).get(config)
+            if cycles is not None:
+                session.known[config] = cycles
+                session.shared += 1
+                return self._result(cycles)
+            if config in session.claim([config]):  # its claimer exited without recording it
+                session.running[config] = self._submit(path)
+                return self._collect(session.running[config], config)
+            if time.monotonic() > deadline:
+                return RunnerResult(
+                    None,
+                    f"{config}: claimed by another tuner of {session.records_path} and still "
+                    f"not recorded after {CLAIM_WAIT_SECS:g} s; skipped (not measured twice)",
+                )
+            time.sleep(CLAIM_POLL_SECS)
 
 
 @derived_object
@@ -348,6 +490,7 @@ class TrialHistory(PyMeasureCallback):
             session.progress.update(len(candidates))
             best = min(session.known.values(), default=None)
             session.progress.set_postfix(best_cycles=best)
+        session.check_stop()
 
 
 # -- public API -----------------------------------------------------------------------------
@@ -368,9 +511,10 @@ def tune_workload(
     """Tune `workload` for `target` with MetaSchedule + XGBoost, `trials` measurements in all.
 
     Records already in `records_dir` count toward `trials` and are never re-measured, so an
-    interrupted run, started again, spends only what is left. `max_workers=0` simulates in
-    this process. `on_measure(config, cycles)` runs after each new record is written."""
-    _import_tensor_intrin()
+    interrupted run, started again, spends only what is left. Tuners sharing `records_dir`
+    never measure a config twice (see the module docstring). `max_workers=0` simulates in
+    this process. `on_measure(config, cycles)` runs after each new record is written. Ctrl-C
+    (in the main thread) raises `TuneInterrupted` once the records written so far are safe."""
     name = records.target_name(target)
     hardware = hardware_for_target(target)
     records_path = Path(records_dir) / records.RECORDS_FILE
@@ -380,16 +524,37 @@ def tune_workload(
         known[record.config] = min(record.cycles, known.get(record.config, record.cycles))
     session = _Session(workload, name, hardware, records_path, known, on_measure)
     budget = min(trials - len(known), len(search_space.enumerate_configs(workload)))
-    if budget > 0:
-        _run_metaschedule(
-            session,
-            budget,
-            Path(records_dir) / MS_DIR / name,
-            seed,
-            progress,
-            max_workers,
-            trials_per_iter,
-        )
+    try:
+        with _ctrl_c_requests_stop(session):
+            try:
+                if budget > 0:
+                    # the workers start (and import TVM) while this process imports the rest
+                    session.pool = _pool(max_workers) if max_workers > 0 else None
+                    _import_tensor_intrin()
+                    _run_metaschedule(
+                        session,
+                        budget,
+                        Path(records_dir) / MS_DIR / name,
+                        seed,
+                        progress,
+                        trials_per_iter,
+                    )
+            finally:
+                if session.pool is not None:
+                    session.pool.shutdown(wait=True, cancel_futures=True)
+                if session.stop_requested:
+                    session.persist_finished()  # measured before the stop: keep them too
+                session.release()
+                shutil.rmtree(session.artifacts, ignore_errors=True)  # the builds' scratch
+            session.check_stop()
+    except BaseException as err:
+        if session.stop_requested:  # whatever Ctrl-C became on its way through the FFI
+            raise TuneInterrupted(session.measured, records_path) from None
+        if session.interrupted is not None and err is not session.interrupted:
+            raise session.interrupted from None  # what on_measure raised, not FFI's copy
+        raise
+    for config, cycles in _recorded(records_path, workload, name).items():  # concurrent tuners'
+        session.known[config] = min(cycles, session.known.get(config, cycles))
     best = min(session.known.items(), key=lambda item: item[1], default=(None, None))
     return TuneResult(
         workload,
@@ -400,6 +565,7 @@ def tune_workload(
         session.measured,
         len(earlier),
         records_path,
+        session.shared,
     )
 
 
@@ -412,11 +578,18 @@ def tune_workloads(
     progress: bool = True,
     **kwargs,
 ) -> list[TuneResult]:
-    """Tune each workload in turn (one progress bar each), all into one records directory."""
-    return [
-        tune_workload(wl, target, trials, records_dir, seed, progress, **kwargs)
-        for wl in dict.fromkeys(workloads)
-    ]
+    """Tune each workload in turn (one progress bar each), all into one records directory.
+    Ctrl-C raises `TuneInterrupted`, counting the measurements of every workload so far."""
+    results: list[TuneResult] = []
+    records_path = Path(records_dir) / records.RECORDS_FILE
+    try:
+        for wl in dict.fromkeys(workloads):
+            results.append(tune_workload(wl, target, trials, records_dir, seed, progress, **kwargs))
+    except KeyboardInterrupt as err:
+        now = err.measured if isinstance(err, TuneInterrupted) else 0
+        measured = now + sum(result.measured for result in results)
+        raise TuneInterrupted(measured, records_path, results) from None
+    return results
 
 
 def exhaustive(
@@ -427,11 +600,14 @@ def exhaustive(
     if max_workers == 0:
         cycles = [measure_config(workload, cfg, hardware) for cfg in configs]
     else:
-        with _pool(max_workers) as pool:
+        pool = _pool(max_workers)
+        try:
             hardware_json = [_hardware_json(hardware)] * len(configs)
             cycles = list(
                 pool.map(_measure_in_worker, [workload] * len(configs), configs, hardware_json)
             )
+        finally:  # on Ctrl-C too: the workers ignore it, so drop the work they have not begun
+            pool.shutdown(wait=True, cancel_futures=True)
     return [(cfg, c) for cfg, c in zip(configs, cycles) if c is not None]
 
 
@@ -467,7 +643,6 @@ def _run_metaschedule(
     work_dir: Path,
     seed: int,
     progress: bool,
-    max_workers: int,
     trials_per_iter: int,
 ) -> None:
     from tqdm.auto import tqdm
@@ -497,8 +672,8 @@ def _run_metaschedule(
     )
     numpy_state = np.random.get_state()
     np.random.seed(seed)  # XGBModel scores candidates with np.random before its warm-up ends
+    session.defer_ctrl_c = True
     try:
-        session.pool = _pool(max_workers) if max_workers > 0 else None
         ms.tune_tir(
             tuning_module(session.workload),
             target=tvm.target.Target(session.target),
@@ -516,28 +691,123 @@ def _run_metaschedule(
             num_tuning_cores=1,
             seed=seed,
         )
-    except BaseException:
-        if session.interrupted is not None:  # re-raise what the caller raised, not FFI's copy
-            raise session.interrupted from None
-        raise
     finally:
         np.random.set_state(numpy_state)
         ms_logger.setLevel(user_level)
         for handler in unnamed:
             ms_logger.addHandler(handler)
         session.progress.close()
-        if session.pool is not None:
-            session.pool.shutdown(wait=True, cancel_futures=True)
-        shutil.rmtree(session.artifacts, ignore_errors=True)  # the build artifacts' scratch
+
+
+@contextmanager
+def _ctrl_c_requests_stop(session: _Session) -> Iterator[None]:
+    """Route SIGINT to `session` while tuning. Before MetaSchedule starts it interrupts at once;
+    once it runs, the first Ctrl-C only sets `stop_requested` (the callbacks stop at the next
+    safe point), a second one interrupts at once. Outside the main thread, or under a handler
+    the caller installed, SIGINT is left alone."""
+    if (
+        threading.current_thread() is not threading.main_thread()
+        or signal.getsignal(signal.SIGINT) is not signal.default_int_handler
+    ):
+        yield
+        return
+
+    def handler(_signum, _frame) -> None:
+        first = not session.stop_requested
+        session.stop_requested = True
+        if not (first and session.defer_ctrl_c):
+            raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def _pool(max_workers: int) -> ProcessPoolExecutor:
-    """Spawned workers: forking a process that holds TVM's thread pool can deadlock."""
-    return ProcessPoolExecutor(max_workers, mp_context=multiprocessing.get_context("spawn"))
+    """Spawned workers (forking a process that holds TVM's thread pool can deadlock), all
+    started now. They start with SIGINT blocked, so a Ctrl-C sent to the whole process group
+    never reaches them, even while they import; `_worker_init` then makes them exit with the
+    parent."""
+    pool = ProcessPoolExecutor(
+        max_workers,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=_worker_init,
+        initargs=(os.getpid(),),
+    )
+    try:
+        with _sigint_blocked():
+            for _ in range(max_workers):  # each submit with no idle worker spawns one
+                pool.submit(int)
+    except BaseException:  # a Ctrl-C held back by the mask arrives as it is lifted
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    return pool
+
+
+@contextmanager
+def _sigint_blocked() -> Iterator[None]:
+    """SIGINT blocked in this thread; spawned children inherit the mask (as multiprocessing's
+    resource tracker does). A Ctrl-C meanwhile stays pending and is delivered on exit."""
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def _worker_init(parent: int) -> None:
+    """Pool worker setup: ignore SIGINT (the parent stops the pool), and never outlive the
+    parent: the kernel sends SIGKILL when it dies (Linux), and a watchdog thread polls for it
+    (elsewhere too). A parent that died before this ran is noticed at once."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL))
+        except (OSError, AttributeError):
+            pass  # the watchdog still covers it
+    if os.getppid() != parent:
+        os._exit(1)
+    threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
+
+
+def _exit_with_parent(parent: int, interval: float = 0.5) -> None:
+    while os.getppid() == parent:
+        time.sleep(interval)
+    os._exit(1)
 
 
 def _load(path: Path) -> list[records.Record]:
     return records.load_records(path)[0] if path.exists() else []
+
+
+def _recorded(path: Path, workload: Workload, target: str) -> dict[TileConfig, int]:
+    """The best cycles per config of (workload, target) in the records file, read quietly:
+    `_load` has reported its damaged lines once, and a line being appended may be cut."""
+    found: dict[TileConfig, int] = {}
+    try:
+        lines = path.read_bytes().splitlines()
+    except FileNotFoundError:
+        return found
+    for line in lines:
+        try:
+            record = records.parse_record(line.decode("utf-8"))
+        except (UnicodeDecodeError, RecordsError):
+            continue
+        if record.workload.key == workload.key and record.target == target:
+            found[record.config] = min(record.cycles, found.get(record.config, record.cycles))
+    return found
 
 
 def _import_tensor_intrin() -> None:
