@@ -20,11 +20,7 @@ from tvm_convadd.errors import TileConfigError
 from tvm_convadd.schedules.primfunc import ADD, CONV, PAD, convadd_primfunc
 from tvm_convadd.schedules.tile_config import TileConfig
 from tvm_convadd.schedules.workload import Workload
-
-UNIT_ATTR = "convadd.unit"  # block annotation: which accelerator unit runs the block
-BUFFER_ATTR = "convadd.buffer"  # block annotation: the on-chip buffer the block writes
-TILE_LOOP_ATTR = "convadd.tile_loop"  # loop annotation on the loop over tiles
-STAGE_ROOT_ATTR = "convadd.stage"  # loop annotation on the outermost loop of a stage's nest
+from tvm_convadd.target.annotations import BUFFER_ATTR, STAGE_ROOT_ATTR, TILE_LOOP_ATTR, UNIT_ATTR
 
 # Software-pipeline stage of each per-tile stage: load(i+2) | conv(i+1) + load res | add(i).
 PIPELINE_STAGE = {"inp": 0, "wgt": 0, "bias": 0, "acc": 1, "res": 1, "out": 2, "store": 2}
