@@ -40,7 +40,7 @@ from tvm_convadd.errors import BufferOverflowError, ProgramError
 from tvm_convadd.schedules.convadd import schedule_convadd
 from tvm_convadd.schedules.tile_config import TileConfig
 from tvm_convadd.schedules.workload import Workload
-from tvm_convadd.target.annotations import BUFFER_ATTR, STAGE_ROOT_ATTR, UNIT_ATTR, UNIT_BUFFERS
+from tvm_convadd.target.annotations import STAGE_ROOT_ATTR, UNIT_ATTR
 from tvm_convadd.target.isa import (
     UNITS,
     Add,
@@ -53,6 +53,15 @@ from tvm_convadd.target.isa import (
     Region,
     Slot,
     Store,
+)
+from tvm_convadd.target.semantics import (
+    Indexing,
+    Meaning,
+    bound_side,
+    mismatch,
+    read_meaning,
+    show_expr,
+    substitute,
 )
 from tvm_convadd.target.simulator import overflowing
 
@@ -173,7 +182,7 @@ class _Walker:
     slot_vars: list = field(default_factory=list)  # vthread loops in scope: (var, extent)
     slot_scoped: dict = field(default_factory=dict)  # TIR buffer name -> vthread (var, extent)
     instructions: list = field(default_factory=list)
-    meanings: dict = field(default_factory=dict)  # (block handle, loop ranges) -> _Meaning
+    meanings: dict = field(default_factory=dict)  # (block handle, loop ranges) -> Meaning
     sources: dict = field(default_factory=dict)  # on-chip name -> DRAM tensor its LOADs read
 
     def visit(self, stmt, env: dict) -> None:
@@ -232,17 +241,17 @@ class _Walker:
             # dropped the tensor read, but the block's declared read region still names it.
             loads = _declared_reads(block)
             if len(loads) != 1 or loads[0].buffer.name not in self.dram:
-                raise _mismatch(block, "load", "it fills zeros and declares no one DRAM read")
+                raise mismatch(block, "load", "it fills zeros and declares no one DRAM read")
         write = self._operand(store, env, domain, name=meaning.buffer)
         reads = {self._name(a.buffer): self._operand(a, env, domain) for a in loads}
         self.instructions.append(self._instruction(block, meaning, write, reads, env))
 
-    def _meaning(self, block, loops) -> _Meaning:
+    def _meaning(self, block, loops) -> Meaning:
         """What the block computes, checked against its annotations (once per distinct block)."""
         key = (block.__chandle__(), tuple((lo, extent) for _, lo, extent in loops))
         meaning = self.meanings.get(key)
         if meaning is None:
-            meaning = _read_meaning(block, _Indexing(loops, self.analyzer, block.body), self)
+            meaning = read_meaning(block, Indexing(loops, self.analyzer, block.body), self)
             self.meanings[key] = meaning
         return meaning
 
@@ -289,10 +298,10 @@ class _Walker:
         dom = {v: sym.IntervalSet(lo, hi) for v, (lo, hi) in domain.items()}
         bounds = []
         for dim, index in enumerate(access.indices):
-            bound = self.analyzer.int_set(self.analyzer.simplify(_substitute(index, env)), dom)
+            bound = self.analyzer.int_set(self.analyzer.simplify(substitute(index, env)), dom)
             low, high = int(bound.min_value), int(bound.max_value)
             if access.extents is not None:  # a declared range: its last element bounds it
-                last = self.analyzer.simplify(_substitute(index + access.extents[dim] - 1, env))
+                last = self.analyzer.simplify(substitute(index + access.extents[dim] - 1, env))
                 high = int(self.analyzer.int_set(last, dom).max_value)
             bounds.append((low, high))
         if access.buffer.name in self.dram:
@@ -321,7 +330,7 @@ class _Walker:
             raise ProgramError(f"buffer {buf.name!r} is read before any stage fills it")
         return name
 
-    def _instruction(self, block, meaning: _Meaning, write, reads: dict, env) -> Instruction:
+    def _instruction(self, block, meaning: Meaning, write, reads: dict, env) -> Instruction:
         """The instruction of one tile's instance of a checked block, its operands checked too."""
         if meaning.unit == "load":
             (src,) = reads.values()
@@ -336,7 +345,7 @@ class _Walker:
             weight = self.tensors.get(self.sources.get("wgt", ""))
             taps = tuple(extent for _, extent in conv.wgt.region[1:])
             if weight is not None and taps != tuple(weight[1:]):
-                raise _mismatch(
+                raise mismatch(
                     block,
                     "conv",
                     f"it reduces over C x R x S = {taps} of wgt, the weight "
@@ -354,59 +363,49 @@ class _Walker:
         (src,) = reads.values()
         return Store(src=src, dst=write)
 
-    def _load(self, block, meaning: _Meaning, dst: Slot, src: Dram, env: dict) -> Load:
+    def _load(self, block, meaning: Meaning, dst: Slot, src: Dram, env: dict) -> Load:
         """The LOAD of window `src`, zeros outside the tensor, if that is what the tile does."""
         shape = self.tensors[src.tensor]
         unguarded, zeros = set(meaning.unguarded), meaning.fill == "zero"
         ix = meaning.indexing
         for slack, atom in meaning.residual:
-            slack = self.analyzer.simplify(_substitute(slack, env))
+            slack = self.analyzer.simplify(substitute(slack, env))
             if isinstance(slack, tirx.IntImm) and slack.value < 0:
                 zeros = True  # the condition is false on this whole tile
                 continue
-            bounds = [(side, _substitute(bound, env), row) for side, bound, row in meaning.bounds]
-            side = _bound_side(ix, slack, bounds)
+            bounds = [(side, substitute(bound, env), row) for side, bound, row in meaning.bounds]
+            side = bound_side(ix, slack, bounds)
             if side is None:
-                raise _mismatch(
+                raise mismatch(
                     block,
                     "load",
-                    f"its condition tests {_text(atom)}, which is no bound of its "
+                    f"its condition tests {show_expr(atom)}, which is no bound of its "
                     f"window {src} of {src.tensor} {list(shape)}",
                 )
             unguarded.discard(side)
         for dim, side in () if zeros else unguarded:  # read without a bound check
             start, extent = src.region[dim]
             if (side == 0 and start < 0) or (side == 1 and start + extent > shape[dim]):
-                raise _mismatch(
+                raise mismatch(
                     block,
                     "load",
                     f"it reads {src} outside the tensor {list(shape)} without a padding condition",
                 )
         load = Load.padded(dst, src, shape)
         if zeros and all(extent for _, extent in load.src.region):
-            raise _mismatch(block, "load", f"it fills zeros, but its window {src} holds data")
+            raise mismatch(block, "load", f"it fills zeros, but its window {src} holds data")
         self.sources[dst.buffer] = src.tensor
         return load
 
     # -- constant evaluation ---------------------------------------------------------------
     def _const(self, expr, env: dict) -> int:
-        value = self.analyzer.simplify(_substitute(expr, env))
+        value = self.analyzer.simplify(substitute(expr, env))
         if not isinstance(value, tvm.tirx.IntImm):
             raise ProgramError(f"expected a constant after unrolling the tiles, got {value}")
         return int(value.value)
 
     def _true(self, expr, env: dict) -> bool:
         return bool(self._const(expr, env))
-
-
-def _substitute(expr, env: dict):
-    if not env:
-        return expr
-    return tvm_ffi.structural_map(
-        expr,
-        (tvm.ir.Var, lambda var: tirx.const(env[var], str(var.ty)) if var in env else var),
-        order="post",
-    )
 
 
 def _accesses(block) -> tuple[_Access, list[_Access]]:
@@ -435,495 +434,6 @@ def _declared_reads(block) -> list[_Access]:
         _Access(r.source, [rng.min for rng in r.region], [rng.extent for rng in r.region])
         for r in block.reads
     ]
-
-
-# -- checked instructions: what a stage block computes, read from its body -------------------
-_FORMS = {
-    "load": "a copy dst[i] = src[i + o], zero outside src: if_then_else(bounds of src, src, 0)",
-    "conv": "acc[n, k, y, x] = 0, then += inp[n, c, y*sh + r, x*sw + s] * wgt[k, c, r, s]",
-    "add": "out = acc [+ bias[k]] + res, optionally max(., 0)",
-    "store": "a copy dram[i + o] = out[i]",
-}
-
-
-@dataclass(frozen=True)
-class _Meaning:
-    """What one stage block computes: the instruction it becomes and that instruction's fields."""
-
-    block: str
-    unit: str
-    buffer: str  # the on-chip buffer it fills ("store": the DRAM output)
-    stride: tuple[int | None, int | None] = (None, None)  # conv; None: the tile has one row/col
-    relu: bool = False  # add
-    bias: bool = False  # add
-    fill: str = ""  # load: "copy", "padded" or "zero" (a window wholly in padding)
-    unguarded: tuple[tuple[int, int], ...] = ()  # load: (dim, 0 low / 1 high) read unchecked
-    residual: tuple = ()  # load: (slack, atom) of comparisons no bound until the tile is known
-    bounds: tuple = ()  # load: ((dim, side), expression >= 0) of each bound of the source
-    indexing: _Indexing | None = None  # load: the loop nest, for the residual comparisons
-
-
-def _mismatch(block, unit: str, found: str) -> ProgramError:
-    return ProgramError(
-        f"stage block {block.name_hint!r} ({unit} unit) must compute {_FORMS[unit]}, but {found}"
-    )
-
-
-def _text(node) -> str:
-    """A TIR node (or a list of index expressions) on one line, cut short."""
-    if isinstance(node, (list, tuple, tvm_ffi.Array)):
-        text = "[" + ", ".join(_text(item) for item in node) + "]"
-    else:
-        text = " ".join(str(node).split())
-    return text if len(text) <= 100 else text[:97] + "..."
-
-
-class _Shown:
-    """A buffer access (a load or a store) as text, printed only when a message needs it."""
-
-    def __init__(self, access) -> None:
-        self.access = access
-
-    def __str__(self) -> str:
-        access = self.access
-        buffer = access.source if isinstance(access, tvm.ir.TensorLoad) else access.buffer
-        return f"{buffer.name}{_text(access.indices)}"
-
-
-class _Indexing:
-    """Affine index analysis over a stage nest's loops; a loop of extent 1 is a constant."""
-
-    def __init__(self, loops, analyzer: sym.Analyzer, body) -> None:
-        self.loops = [(var, lo, extent) for var, lo, extent in loops if extent > 1]
-        self.vars = [var for var, _, _ in self.loops]
-        fixed = {var: lo for var, lo, extent in loops if extent == 1}
-        if fixed:  # StmtSimplify has usually folded them already: skip substituting then
-            used = {var.__chandle__() for var in _vars_in(body)}
-            fixed = {var: lo for var, lo in fixed.items() if var.__chandle__() in used}
-        self.fixed = fixed
-        self.fixed_handles = {var.__chandle__() for var in fixed}
-        self.position = {var.__chandle__(): j for j, var in enumerate(self.vars)}
-        self.analyzer = analyzer
-
-    @property
-    def ranges(self):
-        """The loop nest's domain as a condition."""
-        return tirx.all(
-            tirx.const(True), *(c for v, lo, e in self.loops for c in (v >= lo, v < lo + e))
-        )
-
-    def expr(self, expr):
-        return _substitute(expr, self.fixed)
-
-    def coefficients(self, index) -> tuple[int, ...] | None:
-        """The constant coefficient of each loop variable in `index`, None if not affine."""
-        if not self.vars:
-            return ()
-        if isinstance(index, tirx.IntImm):  # the common cases, without a round trip to C++
-            return self.unit(None)
-        if isinstance(index, tvm.ir.Var) and index.__chandle__() not in self.fixed_handles:
-            return self.unit(self.position.get(index.__chandle__()))
-        found = sym.detect_linear_equation(self.expr(index), self.vars)
-        if not found:
-            return None
-        values = []
-        for coefficient in list(found)[:-1]:
-            if not isinstance(coefficient, tirx.IntImm):
-                coefficient = self.analyzer.simplify(coefficient)
-            if not isinstance(coefficient, tirx.IntImm):
-                return None
-            values.append(int(coefficient.value))
-        return tuple(values)
-
-    def rows(self, indices) -> list[tuple[int, ...]] | None:
-        """One coefficient row per dimension; a versioned buffer's slot index must be fixed."""
-        rows = [self.coefficients(index) for index in indices]
-        if any(row is None for row in rows):
-            return None
-        if len(rows) == 5:  # [slot, n, c, h, w]: the slot does not move within a stage
-            if any(rows[0]):
-                return None
-            rows = rows[1:]
-        return rows
-
-    def unit(self, position: int | None, scale: int = 1) -> tuple[int, ...]:
-        """The row of an index that moves with loop `position` (times `scale`), or not at all."""
-        return tuple(scale * (j == position) for j in range(len(self.vars)))
-
-    def pure(self, rows) -> list[int | None] | None:
-        """The loop each dimension follows with coefficient 1 (or None), no loop twice."""
-        if rows is None:
-            return None
-        dims = []
-        for row in rows:
-            moving = [j for j, c in enumerate(row) if c]
-            if len(moving) > 1 or (moving and row[moving[0]] != 1):
-                return None
-            dims.append(moving[0] if moving else None)
-        used = [j for j in dims if j is not None]
-        return dims if len(used) == len(set(used)) else None
-
-    def name(self, position: int) -> str:
-        return str(self.vars[position])
-
-
-def _read_meaning(block, ix: _Indexing, walker: _Walker) -> _Meaning:
-    """Match the block's body against the semantics of the instruction its annotations claim."""
-    unit, buffer = str(block.annotations[UNIT_ATTR]), str(block.annotations[BUFFER_ATTR])
-    if unit not in UNIT_BUFFERS:
-        raise ProgramError(f"stage for unknown unit {unit!r}; units are {UNITS}")
-    if buffer not in UNIT_BUFFERS[unit]:
-        raise ProgramError(
-            f"stage block {block.name_hint!r} ({unit} unit) fills {buffer!r}: a {unit} stage "
-            f"fills one of {list(UNIT_BUFFERS[unit])}"
-        )
-    check = {"load": _load_meaning, "conv": _conv_meaning, "add": _add_meaning}
-    meaning = _Meaning(block.name_hint, unit, buffer)
-    return check.get(unit, _store_meaning)(block, ix, walker, meaning)
-
-
-def _is_zero(expr) -> bool:
-    return isinstance(expr, tirx.FloatImm) and float(expr.value) == 0.0
-
-
-def _is_int(expr, value: int) -> bool:
-    return isinstance(expr, tirx.IntImm) and int(expr.value) == value
-
-
-def _conjuncts(expr) -> list:
-    if isinstance(expr, tirx.And):
-        return _conjuncts(expr.a) + _conjuncts(expr.b)
-    return [expr]
-
-
-def _terms(expr) -> list:
-    if isinstance(expr, tirx.Add):
-        return _terms(expr.a) + _terms(expr.b)
-    return [expr]
-
-
-def _slack(atom):
-    """An integer comparison as the expression it says is >= 0, else None."""
-    if isinstance(atom, tirx.LE):
-        return atom.b - atom.a
-    if isinstance(atom, tirx.LT):
-        return atom.b - atom.a - 1
-    if isinstance(atom, tirx.GE):
-        return atom.a - atom.b
-    if isinstance(atom, tirx.GT):
-        return atom.a - atom.b - 1
-    return None
-
-
-def _vars_in(expr) -> list:
-    found = []
-    tvm_ffi.structural_walk(expr, (tvm.ir.Var, found.append), order="pre")
-    return found
-
-
-def _describe(expr) -> str:
-    kinds = {
-        tirx.Mul: "a multiply",
-        tirx.Sub: "a subtract",
-        tirx.Div: "a divide",
-        tirx.Max: "a max",
-        tirx.Min: "a min",
-        tirx.FloatImm: "a constant",
-        tirx.IntImm: "a constant",
-        tirx.Cast: "a cast",
-        tvm.ir.TensorLoad: "a load",
-    }
-    kind = next((name for cls, name in kinds.items() if isinstance(expr, cls)), "a term")
-    return f"{kind} {_text(expr)}"
-
-
-def _single_store(block, unit: str):
-    if not isinstance(block.body, tirx.BufferStore):
-        raise _mismatch(block, unit, f"its body is {_text(block.body)}")
-    return block.body
-
-
-def _copy_rows(block, unit: str, ix: _Indexing, store):
-    """The destination rows of an elementwise store: every loop indexes one dimension."""
-    rows = ix.rows(store.indices)
-    dims = ix.pure(rows)
-    if dims is None or sorted(j for j in dims if j is not None) != list(range(len(ix.vars))):
-        raise _mismatch(
-            block,
-            unit,
-            f"it writes {_Shown(store)}, not one element per iteration",
-        )
-    return rows
-
-
-def _load_meaning(block, ix: _Indexing, walker: _Walker, meaning: _Meaning) -> _Meaning:
-    store = _single_store(block, "load")
-    if store.buffer.name in walker.dram:
-        raise _mismatch(block, "load", f"it writes the DRAM tensor {store.buffer.name}")
-    dst = _copy_rows(block, "load", ix, store)
-    value = store.value
-    if _is_zero(value):
-        return replace(meaning, fill="zero")
-    guard = None
-    if isinstance(value, tvm.ir.Call) and getattr(value.op, "name", "") == "prim.if_then_else":
-        guard, value, other = value.args
-        if not _is_zero(other):
-            raise _mismatch(block, "load", f"it pads with {_text(other)}, not 0")
-    if not isinstance(value, tvm.ir.TensorLoad) or walker._role(value.source)[0] != "dram":
-        raise _mismatch(block, "load", f"it stores {_text(store.value)}")
-    if ix.rows(value.indices) != dst:
-        raise _mismatch(
-            block,
-            "load",
-            f"{_Shown(value)} does not follow {_Shown(store)} element by element",
-        )
-    sides = {(dim, side) for dim in range(len(value.indices)) for side in (0, 1)}
-    if guard is None:
-        return replace(meaning, fill="copy", unguarded=tuple(sorted(sides)))
-    bounds = []  # ((dim, side), the expression that side's bound says is >= 0, its row)
-    for dim, (index, extent) in enumerate(zip(value.indices, value.source.shape)):
-        index, row = ix.expr(index), dst[dim]
-        bounds += [((dim, 0), index, row), ((dim, 1), int(extent) - 1 - index, _neg(row))]
-    residual = []  # comparisons TVM rewrote knowing the outer loops' ranges: seen per tile
-    for atom in _conjuncts(ix.expr(guard)):
-        slacks = _slacks(atom)
-        if slacks is None:
-            raise _mismatch(
-                block,
-                "load",
-                f"its condition tests {_text(atom)}, which is no bound of "
-                f"{_Shown(value)} in {list(value.source.shape)}",
-            )
-        for slack in slacks:
-            side = _bound_side(ix, slack, bounds)
-            if side is None:
-                residual.append((slack, atom))
-            elif side != "always":
-                sides.discard(side)
-    return replace(
-        meaning,
-        fill="padded",
-        unguarded=tuple(sorted(sides)),
-        residual=tuple(residual),
-        bounds=tuple(bounds),
-        indexing=ix,
-    )
-
-
-def _neg(row: tuple[int, ...]) -> tuple[int, ...]:
-    return tuple(-c for c in row)
-
-
-def _slacks(atom) -> list | None:
-    """An integer comparison as the expressions it says are >= 0 (two for ==), else None."""
-    if isinstance(atom, tirx.EQ):
-        return [atom.a - atom.b, atom.b - atom.a]
-    slack = _slack(atom)
-    return None if slack is None else [slack]
-
-
-def _bound_side(ix: _Indexing, slack, bounds):
-    """The (dim, side) whose bound of the source index `slack >= 0` is, "always" if it holds
-    on the whole loop nest (TVM folds bounds it knows into others, `1 <= i < 9` on i in 0..1
-    into `i == 1`), else None."""
-    slack = ix.analyzer.simplify(slack)
-    moves = ix.coefficients(slack)
-    for side, bound, row in bounds:
-        if moves is not None and moves != row:
-            continue  # it moves differently with the loops: it is not this bound
-        if _is_int(ix.analyzer.simplify(slack - bound), 0):
-            return side
-    if isinstance(slack, tirx.IntImm):
-        return "always" if slack.value >= 0 else None
-    with ix.analyzer.constraint_scope(ix.ranges):
-        return "always" if ix.analyzer.can_prove(slack >= 0) else None
-
-
-def _store_meaning(block, ix: _Indexing, walker: _Walker, meaning: _Meaning) -> _Meaning:
-    store = _single_store(block, "store")
-    if store.buffer.name not in walker.dram:
-        raise _mismatch(block, "store", f"it writes the on-chip {store.buffer.name}")
-    dst = _copy_rows(block, "store", ix, store)
-    value = store.value
-    if not isinstance(value, tvm.ir.TensorLoad) or walker._role(value.source) != ("chip", "out"):
-        raise _mismatch(block, "store", f"it stores {_text(value)}")
-    if ix.rows(value.indices) != dst:
-        raise _mismatch(
-            block,
-            "store",
-            f"{_Shown(value)} does not follow {_Shown(store)} element by element",
-        )
-    return meaning
-
-
-def _add_meaning(block, ix: _Indexing, walker: _Walker, meaning: _Meaning) -> _Meaning:
-    store = _single_store(block, "add")
-    out = _copy_rows(block, "add", ix, store)
-    value, relu = store.value, False
-    if isinstance(value, tirx.Max):
-        floor, inner = (
-            (value.b, value.a) if isinstance(value.b, tirx.FloatImm) else (value.a, value.b)
-        )
-        if not isinstance(floor, tirx.FloatImm):
-            raise _mismatch(block, "add", f"it takes the max of two terms: {_text(value)}")
-        if not _is_zero(floor):
-            raise _mismatch(
-                block,
-                "add",
-                f"it takes max(., {float(floor.value)}) (relu is max(., 0)) of {_text(inner)}",
-            )
-        value, relu = inner, True
-    operands: dict[str, object] = {}
-    for term in _terms(value):
-        if not isinstance(term, tvm.ir.TensorLoad):
-            raise _mismatch(block, "add", f"it computes {_describe(term)} in {_text(value)}")
-        kind, name = walker._role(term.source)
-        if kind != "chip" or name not in ("acc", "bias", "res") or name in operands:
-            raise _mismatch(block, "add", f"it adds {_Shown(term)} in {_text(value)}")
-        operands[name] = term
-    missing = [name for name in ("acc", "res") if name not in operands]
-    if missing:
-        raise _mismatch(block, "add", f"{_text(value)} has no {' or '.join(missing)} term")
-    for name in ("acc", "res"):
-        term = operands[name]
-        if ix.rows(term.indices) != out:
-            raise _mismatch(
-                block,
-                "add",
-                f"{_Shown(term)} does not follow {_Shown(store)} element by element",
-            )
-    bias = operands.get("bias")
-    if bias is not None:
-        rows = ix.rows(bias.indices)
-        zero = ix.unit(None)
-        if rows is None or len(rows) != 4 or rows != [zero, out[1], zero, zero]:
-            raise _mismatch(
-                block,
-                "add",
-                f"{_Shown(bias)} is no per-channel bias of {_Shown(store)}",
-            )
-    return replace(meaning, relu=relu, bias=bias is not None)
-
-
-def _conv_meaning(block, ix: _Indexing, walker: _Walker, meaning: _Meaning) -> _Meaning:
-    def fail(found: str) -> ProgramError:
-        return _mismatch(block, "conv", found)
-
-    body = block.body
-    stmts = list(body.seq) if isinstance(body, tirx.SeqStmt) else [body]
-    if len(stmts) != 2:
-        raise fail(f"its body has {len(stmts)} statement(s), not an init and an update")
-    init, update = stmts
-    guard = None
-    if isinstance(init, tirx.IfThenElse) and init.else_case is None:
-        guard, init = init.condition, init.then_case
-    if not isinstance(init, tirx.BufferStore) or not isinstance(update, tirx.BufferStore):
-        raise fail(f"its body is {_text(body)}")
-    acc_name = _Shown(update)
-    same = init.buffer.name == update.buffer.name
-    if not (same and tvm_ffi.structural_equal(init.indices, update.indices)) or not _is_zero(
-        init.value
-    ):
-        raise fail(f"its init {_text(init)} does not zero {acc_name}")
-    value = update.value
-    summands = _terms(value)
-    mine = [
-        t
-        for t in summands
-        if isinstance(t, tvm.ir.TensorLoad)
-        and t.source.name == update.buffer.name
-        and tvm_ffi.structural_equal(t.indices, update.indices)
-    ]
-    if len(mine) != 1:
-        raise fail(f"its update stores {_text(value)}, which does not accumulate into {acc_name}")
-    others = [t for t in summands if not t.same_as(mine[0])]
-    if len(others) != 1:
-        found = " and ".join(_describe(t) for t in others)
-        raise fail(f"it accumulates {found}, not one product inp * wgt")
-    (product,) = others
-    factors = [product.a, product.b] if isinstance(product, tirx.Mul) else []
-    loads = {}
-    for factor in factors:
-        if isinstance(factor, tvm.ir.TensorLoad):
-            loads[walker._role(factor.source)] = factor
-    if set(loads) != {("chip", "inp"), ("chip", "wgt")}:
-        raise fail(f"it accumulates {_describe(product)}, not inp * wgt")
-    inp, wgt = loads[("chip", "inp")], loads[("chip", "wgt")]
-    inp_text, wgt_text = _Shown(inp), _Shown(wgt)
-
-    out = ix.pure(ix.rows(update.indices))
-    if out is None or len(out) != 4:
-        raise fail(f"it accumulates into {acc_name}, not acc[n, k, y, x] of its loops")
-    reduction = [j for j in range(len(ix.vars)) if j not in out]
-    wgt_rows, inp_rows = ix.rows(wgt.indices), ix.rows(inp.indices)
-    if wgt_rows is None or len(wgt_rows) != 4 or inp_rows is None or len(inp_rows) != 4:
-        raise fail(f"{inp_text} * {wgt_text} is not indexed affinely by its loops")
-    if wgt_rows[0] != ix.unit(out[1]):
-        raise fail(f"the weight's output channel in {wgt_text} is not acc's in {acc_name}")
-    taps = []  # the loop over c, r and s: each indexes one weight dimension, coefficient 1
-    for dim, what in ((1, "c"), (2, "r"), (3, "s")):
-        (tap,) = ix.pure([wgt_rows[dim]]) or [-1]
-        if tap == -1 or (tap is not None and tap not in reduction):
-            raise fail(f"the weight's {what} in {wgt_text} is not a reduction loop")
-        taps.append(tap)
-    if sorted(t for t in taps if t is not None) != reduction:
-        names = [ix.name(j) for j in reduction]
-        raise fail(f"its reduction loops {names} do not index wgt's c, r and s once each")
-    if inp_rows[0] != ix.unit(out[0]):
-        raise fail(f"the input's batch in {inp_text} is not acc's in {acc_name}")
-    if inp_rows[1] != ix.unit(taps[0]):
-        if out[1] is not None and inp_rows[1][out[1]]:
-            raise fail(f"the input channel in {inp_text} moves with the output channel: groups")
-        raise fail(f"the input channel in {inp_text} is not the weight's in {wgt_text}")
-    stride = []
-    for dim, axis, pixel, tap in ((2, "h", out[2], taps[1]), (3, "w", out[3], taps[2])):
-        row = inp_rows[dim]
-        step = row[pixel] if pixel is not None else None
-        if tap is not None and row[tap] != 1:
-            raise fail(f"the input's {axis} in {inp_text} steps {row[tap]} per tap: dilation")
-        if step is not None and step < 1:
-            raise fail(f"the input's {axis} in {inp_text} moves {step} per output pixel")
-        expected = tuple(a + b for a, b in zip(ix.unit(pixel, step or 0), ix.unit(tap)))
-        if row != expected:
-            raise fail(f"the input's {axis} in {inp_text} is not y*stride + r of acc and wgt")
-        stride.append(step)
-    _check_init_guard(guard, [ix.loops[j] for j in reduction], ix, fail)
-    return replace(meaning, stride=tuple(stride))
-
-
-def _check_init_guard(guard, reduction: list, ix: _Indexing, fail) -> None:
-    """The init must run exactly on the first step of the reduction loops."""
-    loops = {var.__chandle__(): (var, lo, extent) for var, lo, extent in reduction}
-    guarded = set()
-    for atom in [] if guard is None else _conjuncts(ix.expr(guard)):
-        handle = _first_step(atom, loops, ix)
-        if handle is None:
-            raise fail(f"its init runs under {_text(guard)}, not on the reduction's first step")
-        guarded.add(handle)
-    guarded.discard("always")
-    if len(guarded) != len(loops):
-        found = "on every step" if guard is None else f"under {_text(guard)}"
-        raise fail(f"its init runs {found}, not only on the reduction's first step")
-
-
-def _first_step(atom, loops: dict, ix: _Indexing):
-    """The reduction loop (its handle) that `atom` holds on the first step of only, "always"
-    for an atom that always holds, else None."""
-    if isinstance(atom, tirx.EQ) and isinstance(atom.a, tvm.ir.Var):  # as LowerInitBlock says
-        loop = loops.get(atom.a.__chandle__())
-        if loop is not None and _is_int(atom.b, loop[1]):
-            return atom.a.__chandle__()
-    atom = ix.analyzer.simplify(atom)
-    if _is_int(atom, 1):
-        return "always"
-    used = {var.__chandle__(): var for var in _vars_in(atom)}
-    if len(used) != 1 or next(iter(used)) not in loops:
-        return None
-    var, lo, extent = loops[next(iter(used))]
-    if not _is_int(ix.analyzer.simplify(_substitute(atom, {var: lo})), 1):
-        return None
-    with ix.analyzer.constraint_scope(tirx.all(var > lo, var < lo + extent)):
-        return var.__chandle__() if ix.analyzer.can_prove(tirx.Not(atom)) else None
 
 
 def _overlaps(a: Region, b: Region) -> bool:
