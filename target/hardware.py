@@ -361,9 +361,15 @@ def load_config(name_or_path: str | Path) -> HardwareConfig:
     path = Path(name_or_path)
     if path.suffix == ".json" or path.exists():
         try:
-            text = path.read_text()
+            text = path.read_bytes().decode("utf-8")
         except OSError as err:
             raise HardwareConfigError(f"cannot read hardware config {path}: {err}") from err
+        except UnicodeDecodeError as err:
+            raise HardwareConfigError(
+                f"{path}: not a JSON text file (byte {err.object[err.start]:#04x} at offset "
+                f"{err.start} is not UTF-8): give a hardware config like target/configs/"
+                "default.json"
+            ) from err
         return _parse(text, str(path))
     raise HardwareConfigError(
         f"unknown hardware config {key!r}: known configs are {shipped}, or give a .json path"

@@ -74,6 +74,10 @@ def test_load_by_path_and_bad_files(tmp_path, default):
         load_config(broken)
     with pytest.raises(HardwareConfigError, match="cannot read"):
         load_config(tmp_path / "missing.json")
+    binary = tmp_path / "binary.json"
+    binary.write_bytes(b"\x89PNG\x00\xff binary")
+    with pytest.raises(HardwareConfigError, match=r"binary.json: not a JSON text file \(byte 0x89"):
+        load_config(binary)
 
 
 def test_unknown_name_lists_the_known_ones():
