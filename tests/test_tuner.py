@@ -92,7 +92,16 @@ def test_interrupted_run_resumes_without_losing_records(tmp_path, optimum):
     assert after[:5] == kept and len(after) == 5 + result.measured <= 16
 
 
-def test_ctrl_c_stops_at_a_safe_point_with_the_records_kept(tmp_path):
+@pytest.fixture
+def ctrl_c_raises():
+    """Ctrl-C as an interactive Python sees it: a background job (a CI runner started with `&`)
+    inherits SIGINT ignored, and tune then rightly leaves it ignored."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_ctrl_c_stops_at_a_safe_point_with_the_records_kept(tmp_path, ctrl_c_raises):
     seen: list[TileConfig] = []
 
     def ctrl_c_at_the_third(config: TileConfig, _cycles: int) -> None:

@@ -56,6 +56,9 @@ def start(code: str, *args: str) -> subprocess.Popen:
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,
+        # a shell's background job (a CI runner started with `&`) ignores SIGINT, and so would
+        # the child: give it the disposition an interactive terminal's job has
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
 
 
