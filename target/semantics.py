@@ -241,6 +241,14 @@ def _single_store(block, unit: str):
     return block.body
 
 
+def _check_elementwise(block, unit: str, ix: Indexing, read, store, rows) -> None:
+    """`read` must walk its buffer element by element with `store` (index rows `rows`)."""
+    if ix.rows(read.indices) != rows:
+        raise mismatch(
+            block, unit, f"{_Shown(read)} does not follow {_Shown(store)} element by element"
+        )
+
+
 def _copy_rows(block, unit: str, ix: Indexing, store):
     """The destination rows of an elementwise store: every loop indexes one dimension."""
     rows = ix.rows(store.indices)
@@ -269,12 +277,7 @@ def _load_meaning(block, ix: Indexing, walker: _Walker, meaning: Meaning) -> Mea
             raise mismatch(block, "load", f"it pads with {show_expr(other)}, not 0")
     if not isinstance(value, tvm.ir.TensorLoad) or walker._role(value.source)[0] != "dram":
         raise mismatch(block, "load", f"it stores {show_expr(store.value)}")
-    if ix.rows(value.indices) != dst:
-        raise mismatch(
-            block,
-            "load",
-            f"{_Shown(value)} does not follow {_Shown(store)} element by element",
-        )
+    _check_elementwise(block, "load", ix, value, store, dst)
     sides = {(dim, side) for dim in range(len(value.indices)) for side in (0, 1)}
     if guard is None:
         return replace(meaning, fill="copy", unguarded=tuple(sorted(sides)))
@@ -345,12 +348,7 @@ def _store_meaning(block, ix: Indexing, walker: _Walker, meaning: Meaning) -> Me
     value = store.value
     if not isinstance(value, tvm.ir.TensorLoad) or walker._role(value.source) != ("chip", "out"):
         raise mismatch(block, "store", f"it stores {show_expr(value)}")
-    if ix.rows(value.indices) != dst:
-        raise mismatch(
-            block,
-            "store",
-            f"{_Shown(value)} does not follow {_Shown(store)} element by element",
-        )
+    _check_elementwise(block, "store", ix, value, store, dst)
     return meaning
 
 
@@ -384,12 +382,7 @@ def _add_meaning(block, ix: Indexing, walker: _Walker, meaning: Meaning) -> Mean
         raise mismatch(block, "add", f"{show_expr(value)} has no {' or '.join(missing)} term")
     for name in ("acc", "res"):
         term = operands[name]
-        if ix.rows(term.indices) != out:
-            raise mismatch(
-                block,
-                "add",
-                f"{_Shown(term)} does not follow {_Shown(store)} element by element",
-            )
+        _check_elementwise(block, "add", ix, term, store, out)
     bias = operands.get("bias")
     if bias is not None:
         rows = ix.rows(bias.indices)
