@@ -33,7 +33,7 @@ from tvm_convadd.partition import PartitionConvAdd, fused_functions, prepare
 from tvm_convadd.records import find_best
 from tvm_convadd.schedules.workload import Workload
 from tvm_convadd.target.hardware import HardwareConfig, conv_gemm, load_config
-from tvm_convadd.target.isa import Conv, Program
+from tvm_convadd.target.isa import Conv, Program, Slot
 from tvm_convadd.target.lower import lower_to_program
 from tvm_convadd.target.simulator import simulate
 
@@ -158,9 +158,7 @@ def simulated_cycles(shape: ConvShape, hardware: HardwareConfig) -> int:
     return hardware.conv_cycles(*conv_gemm(conv)) - hardware.issue_cycles
 
 
-def _slot(buffer: str, shape: tuple[int, ...]):
-    from tvm_convadd.target.isa import Slot
-
+def _slot(buffer: str, shape: tuple[int, ...]) -> Slot:
     return Slot(buffer, 0, tuple((0, d) for d in shape))
 
 

@@ -14,7 +14,16 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from tvm_convadd.errors import HardwareConfigError
-from tvm_convadd.target.isa import Add, Conv, Instruction, Load, Store, region_size
+from tvm_convadd.target.isa import (
+    DTYPES,
+    Add,
+    Conv,
+    Instruction,
+    Load,
+    Store,
+    dtype_bytes,
+    region_size,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
@@ -22,7 +31,6 @@ if TYPE_CHECKING:
     from tvm_convadd.target.isa import Program, Region
 
 BUFFERS = ("inp", "wgt", "bias", "acc", "res", "out")
-DTYPES = ("float16", "float32", "float64")
 DATAFLOWS = {"ws": "weight-stationary", "os": "output-stationary", "is": "input-stationary"}
 
 # field -> (smallest, largest) accepted value; the ranges only catch typos and nonsense.
@@ -274,11 +282,6 @@ class HardwareConfig:
 
 def _ceil_div(numerator: int, denominator: int) -> int:
     return -(-numerator // denominator)
-
-
-def dtype_bytes(dtype: str) -> int:
-    """Bytes of one element of a float dtype (`float32` -> 4)."""
-    return int(dtype.removeprefix("float")) // 8
 
 
 def conv_gemm(conv: Conv) -> tuple[int, int, int]:

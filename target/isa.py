@@ -233,10 +233,6 @@ class Load(Instruction):
     def writes(self):
         return (self.dst,)
 
-    def transfer_bytes(self, program: Program) -> int:
-        """Bytes the DMA moves (padding elements included: the engine writes them)."""
-        return region_size(self.dst.region) * _dtype_bytes(program.buffers[self.dst.buffer].dtype)
-
 
 def format_pad(pad: Pad) -> str:
     return "[" + ", ".join(f"{before}+{after}" for before, after in pad) + "]"
@@ -305,10 +301,6 @@ class Store(Instruction):
 
     def reads(self):
         return (self.src,)
-
-    def transfer_bytes(self, program: Program) -> int:
-        """Bytes the DMA moves."""
-        return region_size(self.src.region) * _dtype_bytes(program.buffers[self.src.buffer].dtype)
 
 
 OPCODES: dict[str, type[Instruction]] = {cls.opcode: cls for cls in (Load, Conv, Add, Store)}
@@ -401,10 +393,11 @@ class BufferDecl:
         size = 1
         for dim in self.shape:
             size *= dim
-        return size * _dtype_bytes(self.dtype)
+        return size * dtype_bytes(self.dtype)
 
 
-def _dtype_bytes(dtype: str) -> int:
+def dtype_bytes(dtype: str) -> int:
+    """Bytes of one element of a float dtype (`float32` -> 4)."""
     return int(dtype.removeprefix("float")) // 8
 
 
