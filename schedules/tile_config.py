@@ -8,30 +8,66 @@ from tvm_convadd.errors import TileConfigError
 from tvm_convadd.schedules.workload import Workload
 
 AXES = ("height", "width", "channel")
+SPATIAL_AXES = ("height", "width")
 PIPELINES = ("none", "software", "vthread")
+# The order of a 2-D tile grid: which tile index runs fastest. "spatial_outer" walks the channel
+# tiles of one spatial tile back to back (its input is reused); "channel_outer" walks the spatial
+# tiles of one channel tile back to back (its weights are reused).
+ORDERS = ("spatial_outer", "channel_outer")
 
 
 @dataclass(frozen=True)
 class TileConfig:
-    """Split the output along `axis` into `n_tiles` tiles and pipeline Conv with Add.
+    """Split the output into tiles and pipeline Conv with Add.
 
+    `n_tiles` tiles cut `axis`; with a spatial axis, `channel_tiles` also cuts the output
+    channels, making a 2-D grid of n_tiles x channel_tiles tiles walked in `order`.
     `pipeline`: "none" runs tile after tile through one accumulator; "software" uses TVM's
     software pipelining (InjectSoftwarePipeline double-buffers the accumulator); "vthread"
     binds tile pairs to two virtual threads (InjectVirtualThread gives each its own copy).
-    N need not divide the axis: tiles are ceil(extent / N) long and the last one is predicated.
+    A count need not divide its axis: tiles are ceil(extent / N) long and the last one is
+    predicated. Channel tiles hold whole groups of a grouped conv.
     """
 
     n_tiles: int = 1
     axis: str = "height"
     pipeline: str = "software"
+    channel_tiles: int = 1
+    order: str = "spatial_outer"
 
     def __post_init__(self) -> None:
         if self.axis not in AXES:
             raise TileConfigError(f"tile axis {self.axis!r}: choose one of {AXES}")
         if self.pipeline not in PIPELINES:
             raise TileConfigError(f"pipeline mode {self.pipeline!r}: choose one of {PIPELINES}")
-        if not isinstance(self.n_tiles, int) or isinstance(self.n_tiles, bool) or self.n_tiles < 1:
-            raise TileConfigError(f"tile count {self.n_tiles!r}: must be an integer >= 1")
+        if self.order not in ORDERS:
+            raise TileConfigError(f"tile order {self.order!r}: choose one of {ORDERS}")
+        for name, count in (
+            ("tile count", self.n_tiles),
+            ("channel tile count", self.channel_tiles),
+        ):
+            if not isinstance(count, int) or isinstance(count, bool) or count < 1:
+                raise TileConfigError(f"{name} {count!r}: must be an integer >= 1")
+        if self.axis == "channel" and self.channel_tiles != 1:
+            raise TileConfigError(
+                f"channel_tiles={self.channel_tiles} with axis channel: the channel axis is "
+                "already tiled; use a spatial axis for a 2-D grid"
+            )
+
+    @property
+    def total_tiles(self) -> int:
+        """Tiles in the grid (before ceil division leaves any empty)."""
+        return self.n_tiles * self.channel_tiles
+
+    @property
+    def channel_count(self) -> int:
+        """How many tiles cut the output channels (1 when they are not cut)."""
+        return self.n_tiles if self.axis == "channel" else self.channel_tiles
+
+    @property
+    def spatial_count(self) -> int:
+        """How many tiles cut the spatial axis (1 when it is not cut)."""
+        return 1 if self.axis == "channel" else self.n_tiles
 
     def axis_extent(self, workload: Workload) -> int:
         """Extent of the tiled output axis."""
@@ -47,20 +83,49 @@ class TileConfig:
             raise TileConfigError(
                 f"tile count {self.n_tiles} for output {self.axis} {extent}: choose 1..{extent}"
             )
+        channels, per_group = workload.out_channels, workload.group_out_channels
+        if self.channel_tiles > channels:
+            raise TileConfigError(
+                f"channel tile count {self.channel_tiles} for {channels} output channels: "
+                f"choose 1..{channels}"
+            )
+        if self.channel_tile_extent(workload) % per_group:
+            raise TileConfigError(
+                f"{self.channel_count} channel tiles of {self.channel_tile_extent(workload)} "
+                f"channels split the groups of {per_group} output channels of {workload}: "
+                f"choose a count whose tiles are multiples of {per_group}"
+            )
         return self
 
     def tile_extent(self, workload: Workload) -> int:
-        """Length of every tile but possibly the last (ceil division, like `split`)."""
+        """Length along `axis` of every tile but possibly the last (ceil division, like
+        `split`)."""
         extent = self.axis_extent(workload)
         return -(-extent // self.n_tiles)
 
+    def channel_tile_extent(self, workload: Workload) -> int:
+        """Output channels of every tile but possibly the last."""
+        return -(-workload.out_channels // self.channel_count)
+
     def effective_tiles(self, workload: Workload) -> int:
-        """Tiles that hold any output: fewer than `n_tiles` when ceil division leaves some empty."""
+        """Tiles that hold any output: fewer than the grid when ceil division leaves some
+        empty."""
         extent = self.axis_extent(workload)
-        return -(-extent // self.tile_extent(workload))
+        along_axis = -(-extent // self.tile_extent(workload))
+        if self.axis == "channel":
+            return along_axis
+        channels = workload.out_channels
+        return along_axis * -(-channels // self.channel_tile_extent(workload))
 
     def to_dict(self) -> dict:
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, data: dict) -> TileConfig:
+        return cls(**data)
+
     def __str__(self) -> str:
-        return f"N={self.n_tiles} axis={self.axis} pipeline={self.pipeline}"
+        text = f"N={self.n_tiles} axis={self.axis} pipeline={self.pipeline}"
+        if self.channel_tiles != 1:
+            text += f" channel_tiles={self.channel_tiles} order={self.order}"
+        return text
