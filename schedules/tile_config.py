@@ -16,6 +16,13 @@ PIPELINES = ("none", "software", "vthread")
 ORDERS = ("spatial_outer", "channel_outer")
 
 
+def whole_groups(workload: Workload, channels: int) -> bool:
+    """Whether channel tiles `channels` long keep every tile within whole groups or within one
+    group (a tile across a group boundary would need two groups' inputs in one CONV)."""
+    per_group = workload.group_out_channels
+    return workload.groups == 1 or channels % per_group == 0 or per_group % channels == 0
+
+
 @dataclass(frozen=True)
 class TileConfig:
     """Split the output into tiles and pipeline Conv with Add.
@@ -26,7 +33,7 @@ class TileConfig:
     software pipelining (InjectSoftwarePipeline double-buffers the accumulator); "vthread"
     binds tile pairs to two virtual threads (InjectVirtualThread gives each its own copy).
     A count need not divide its axis: tiles are ceil(extent / N) long and the last one is
-    predicated. Channel tiles hold whole groups of a grouped conv.
+    predicated. A channel tile of a grouped conv holds whole groups or lies within one.
     """
 
     n_tiles: int = 1
@@ -83,17 +90,18 @@ class TileConfig:
             raise TileConfigError(
                 f"tile count {self.n_tiles} for output {self.axis} {extent}: choose 1..{extent}"
             )
-        channels, per_group = workload.out_channels, workload.group_out_channels
+        channels = workload.out_channels
         if self.channel_tiles > channels:
             raise TileConfigError(
                 f"channel tile count {self.channel_tiles} for {channels} output channels: "
                 f"choose 1..{channels}"
             )
-        if self.channel_tile_extent(workload) % per_group:
+        if not whole_groups(workload, self.channel_tile_extent(workload)):
+            per_group = workload.group_out_channels
             raise TileConfigError(
                 f"{self.channel_count} channel tiles of {self.channel_tile_extent(workload)} "
-                f"channels split the groups of {per_group} output channels of {workload}: "
-                f"choose a count whose tiles are multiples of {per_group}"
+                f"channels straddle the groups of {per_group} output channels of {workload}: "
+                f"choose a count whose tiles are a multiple or a divisor of {per_group}"
             )
         return self
 

@@ -2,8 +2,10 @@
 
 Per tile, the hardware's own cost functions give the Conv, Add and DMA cycles (issue overhead
 and DMA latency included). A pipelined schedule costs one tile's trip through every unit (the
-fill and drain) plus one steady-state period per further tile, the period being the busiest
-unit, or Add + Load + Conv back to back when single-slot buffers ("none") forbid overlapping.
+fill) plus, for the other tiles, the busiest unit's remaining work, or Add + Load + Conv back
+to back when single-slot buffers ("none") forbid overlapping. LOADs follow the lowering's
+redundant-load elimination: a slot that still holds the window a tile needs is not reloaded,
+which is how a 2-D grid reuses weights (or inputs) across the tiles of its inner index.
 The same numbers are the features of the tuner's XGBoost cost model.
 """
 
@@ -11,10 +13,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache, lru_cache
 
 from tvm_convadd.errors import TileConfigError
-from tvm_convadd.schedules.tile_config import AXES, PIPELINES, TileConfig
+from tvm_convadd.schedules.tile_config import AXES, ORDERS, PIPELINES, TileConfig
 from tvm_convadd.schedules.workload import Workload
 from tvm_convadd.search_space import enumerate_configs, fits
 from tvm_convadd.target.hardware import HardwareConfig
@@ -24,14 +26,26 @@ SLOTS = {"none": 1, "software": 2, "vthread": 2}  # copies of each per-tile buff
 
 @dataclass(frozen=True)
 class TileCost:
-    """Cycles of one tile on each unit, and the on-chip bytes of one slot of its buffers."""
+    """Cycles of one tile on each unit, and the on-chip bytes of one slot of its buffers.
 
-    load: int
-    conv_operands: int  # the part of `load` the first CONV waits for (input, weights)
+    `loads` is per operand (inp, wgt, each epilogue operand): the cost of loading it for this
+    tile, whether or not a reused slot makes the load unnecessary.
+    """
+
+    loads: dict
     conv: int
     add: int
     store: int
     tile_bytes: int
+
+    @property
+    def load(self) -> int:
+        return sum(self.loads.values())
+
+    @property
+    def conv_operands(self) -> int:
+        """The part of `load` the first CONV waits for (input, weights)."""
+        return self.loads["inp"] + self.loads.get("wgt", 0)
 
     @property
     def period(self) -> int:
@@ -41,22 +55,59 @@ class TileCost:
 
 @dataclass(frozen=True)
 class Estimate:
-    """Predicted cycles of one config and the pieces they come from."""
+    """Predicted cycles of one config and the pieces they come from.
+
+    `busy` is each unit's predicted busy cycles over the whole layer (load counts only the
+    LOADs that survive reuse); its maximum is the layer's bound on this machine.
+    """
 
     config: TileConfig
     tiles: int
     full: TileCost
     last: TileCost
-    once: int  # loads done once before the tile loop (weights and bias unless channel-tiled)
+    once: int  # loads done once before the tile loop (weights and channel vectors if untiled)
     cycles: int
-    buffer_bytes: int  # all per-tile buffers, all slots
+    buffer_bytes: int  # all buffers, all slots
+    busy: dict
 
 
-def tile_cost(workload: Workload, axis: str, length: int, hardware: HardwareConfig) -> TileCost:
-    """Unit cycles of the first output tile `length` long along `axis` (its DMA regions are
-    the ones the lowering emits for tile 0: padding clipped off, runs counted in DRAM)."""
-    wl, elem, dtype = workload, 4, workload.dtype
-    batch, channels, rows, cols = wl.out_shape
+@dataclass(frozen=True)
+class _Grid:
+    """The tile grid: lengths of the spatial tiles (along `axis`) and of the channel tiles."""
+
+    spatial: tuple[int, ...]
+    channel: tuple[int, ...]
+    channel_outer: bool
+
+
+def _lengths(extent: int, count: int) -> tuple[int, ...]:
+    tile = -(-extent // count)
+    full = extent // tile
+    rest = extent - full * tile
+    return (tile,) * full + ((rest,) if rest else ())
+
+
+def _grid(workload: Workload, config: TileConfig) -> _Grid:
+    spatial_axis = "height" if config.axis == "channel" else config.axis
+    extent = TileConfig(1, spatial_axis).axis_extent(workload)
+    spatial = _lengths(extent, config.spatial_count)
+    channel = _lengths(workload.out_channels, config.channel_count)
+    return _Grid(spatial, channel, config.order == "channel_outer")
+
+
+def tile_cost(
+    workload: Workload,
+    axis: str,
+    length: int,
+    hardware: HardwareConfig,
+    channels: int | None = None,
+) -> TileCost:
+    """Unit cycles of the first output tile `length` long along `axis` (and `channels` wide; a
+    channel `axis` makes `length` the channel count). Its DMA regions are those the lowering
+    emits for tile 0: padding clipped off, runs counted in DRAM."""
+    wl, dtype = workload, workload.dtype
+    batch, out_channels, rows, cols = wl.out_shape
+    channels = out_channels if channels is None else channels
     in_rows, in_cols = wl.padded_height, wl.padded_width
     if axis == "height":
         rows, in_rows = length, (length - 1) * wl.stride[0] + wl.kernel_h
@@ -64,64 +115,138 @@ def tile_cost(workload: Workload, axis: str, length: int, hardware: HardwareConf
         cols, in_cols = length, (length - 1) * wl.stride[1] + wl.kernel_w
     else:
         channels = length
+    groups = -(-channels // wl.group_out_channels)  # groups in the tile (whole, by validation)
+    in_channels = min(wl.in_channels, groups * wl.group_in_channels)
     top, _, left, _ = wl.padding
     out_region = ((0, batch), (0, channels), (0, rows), (0, cols))
-    inp_region = ((0, batch), (0, wl.in_channels), (-top, in_rows), (-left, in_cols))
-    conv_operands = hardware.region_dma_cycles(inp_region, wl.data_shape, dtype)
-    loads = [hardware.region_dma_cycles(out_region, wl.out_shape, dtype)]  # the residual
-    if axis == "channel":  # weights and bias follow the output channels into the tile loop
-        wgt_region = ((0, channels), *((0, d) for d in wl.weight_shape[1:]))
-        conv_operands += hardware.region_dma_cycles(wgt_region, wl.weight_shape, dtype)
-        if wl.bias:
-            bias_region = ((0, 1), (0, channels), (0, 1), (0, 1))
-            loads.append(hardware.region_dma_cycles(bias_region, wl.bias_shape, dtype))
+    inp_region = ((0, batch), (0, in_channels), (-top, in_rows), (-left, in_cols))
+    wgt_region = ((0, channels), *((0, d) for d in wl.weight_shape[1:]))
+    vec_region = ((0, 1), (0, channels), (0, 1), (0, 1))
+    loads = {
+        "inp": hardware.region_dma_cycles(inp_region, wl.data_shape, dtype),
+        "wgt": hardware.region_dma_cycles(wgt_region, wl.weight_shape, dtype),
+    }
+    for name, shape in wl.operand_shapes.items():
+        region = out_region if shape == wl.out_shape else vec_region
+        loads[name] = hardware.region_dma_cycles(region, shape, dtype)
     out = batch * channels * rows * cols
-    reduction = wl.in_channels * wl.kernel_h * wl.kernel_w
+    pixels, reduction, per_group = batch * rows * cols, wl.gemm[1], wl.group_out_channels
+    conv_groups = groups if wl.groups > 1 else 1
+    conv_channels = per_group if wl.groups > 1 else channels
+    vectors = sum(1 for shape in wl.operand_shapes.values() if shape != wl.out_shape)
+    tensors = len(wl.operand_shapes) - vectors
     return TileCost(
-        load=conv_operands + sum(loads),
-        conv_operands=conv_operands,
-        conv=hardware.conv_cycles(batch * rows * cols, reduction, channels),
-        add=hardware.add_cycles(out),
+        loads=loads,
+        conv=conv_groups * hardware.conv_cycles(pixels, reduction, conv_channels),
+        add=add_cycles(hardware, out, tuple(op.op for op in wl.epilogue)),
         store=hardware.region_dma_cycles(out_region, wl.out_shape, dtype),
-        tile_bytes=(batch * wl.in_channels * in_rows * in_cols + 3 * out) * elem,
+        tile_bytes=(
+            batch * in_channels * in_rows * in_cols
+            + channels * math.prod(wl.weight_shape[1:])
+            + (2 + tensors) * out
+            + vectors * channels
+        )
+        * 4,
     )
+
+
+def add_cycles(hardware: HardwareConfig, elements: int, ops: tuple[str, ...]) -> int:
+    """One ADD of `elements` outputs applying `ops` (the hardware's cost function)."""
+    return hardware.add_cycles(elements, ops)
+
+
+def _depends(workload: Workload, config: TileConfig, operand: str) -> tuple[bool, bool]:
+    """Whether an operand's window changes with the (spatial, channel) tile index."""
+    channel_tiled = config.channel_count > 1
+    if operand == "inp":
+        return True, channel_tiled and workload.groups > 1
+    if operand == "wgt" or workload.operand_shapes[operand] != workload.out_shape:
+        return False, channel_tiled
+    return True, channel_tiled
+
+
+def _loads(outer: int, inner: int, slots: int, on_outer: bool, on_inner: bool) -> int:
+    """LOADs of an operand over an outer x inner tile walk, tile t filling slot t % slots,
+    when a slot still holding the needed window is not reloaded."""
+    tiles = outer * inner
+    if on_outer and on_inner:
+        return tiles
+    if on_outer:  # each value runs `inner` tiles back to back
+        return outer * min(inner, slots)
+    if on_inner:  # the values cycle; a slot keeps its value only if the cycle fits the slots
+        return min(tiles, slots) if slots % inner == 0 else tiles
+    return min(tiles, slots)
 
 
 def estimate(workload: Workload, config: TileConfig, hardware: HardwareConfig) -> Estimate:
-    """Predicted cycles of `config`: fill + drain of one tile, then one period per tile."""
-    extent, length = config.axis_extent(workload), config.tile_extent(workload)
-    tiles = config.effective_tiles(workload)
-    full = tile_cost(workload, config.axis, length, hardware)
-    last = tile_cost(workload, config.axis, extent - (tiles - 1) * length, hardware)
-    once = 0
-    if config.axis != "channel":
-        whole = lambda shape: tuple((0, d) for d in shape)  # noqa: E731
-        once = hardware.region_dma_cycles(
-            whole(workload.weight_shape), workload.weight_shape, workload.dtype
-        )
-        if workload.bias:
-            once += hardware.region_dma_cycles(
-                whole(workload.bias_shape), workload.bias_shape, workload.dtype
-            )
-    first = full if tiles > 1 else last
-    # the first tile: its loads, its conv, its add, its store; software pipelining issues the
-    # epilogue's loads after the conv's, so they run under the first conv
-    epilogue_loads = first.load - first.conv_operands
-    overlap = min(first.conv, epilogue_loads) if config.pipeline == "software" else 0
-    fill = once + first.load + first.conv + first.add + first.store - overlap
+    """Predicted cycles of `config`: the first tile's trip, then the busiest unit's rest."""
+    grid = _grid(workload, config)
+    axis = config.axis if config.axis != "channel" else "height"
+    spatial_tiled = config.axis != "channel"
+
+    @cache
+    def cost(rows: int, channels: int) -> TileCost:
+        return tile_cost(workload, axis, rows, hardware, channels)
+
+    slots = SLOTS[config.pipeline]
+    ns, nc = len(grid.spatial), len(grid.channel)
+    tiles = ns * nc
+    once_names = ["wgt"] if config.channel_count == 1 else []
+    if config.channel_count == 1:
+        once_names += [n for n, s in workload.operand_shapes.items() if s != workload.out_shape]
+    first = cost(grid.spatial[0], grid.channel[0])
+    once = sum(first.loads[name] for name in once_names)  # all channels: one channel tile
+    busy = {"conv": 0, "add": 0, "store": 0, "load": once}
+    mean = {}
+    for name in first.loads:
+        if name in once_names:
+            continue
+        on_s, on_c = _depends(workload, config, name)
+        if not spatial_tiled:
+            on_s = False
+        outer, inner = (nc, ns) if grid.channel_outer else (ns, nc)
+        on_outer, on_inner = (on_c, on_s) if grid.channel_outer else (on_s, on_c)
+        count = _loads(outer, inner, slots, on_outer, on_inner)
+        total = sum(cost(r, c).loads[name] for r in grid.spatial for c in grid.channel)
+        mean[name] = total / tiles
+        busy["load"] += round(count * mean[name])
+    for rows in grid.spatial:
+        for channels in grid.channel:
+            tile = cost(rows, channels)
+            busy["conv"] += tile.conv
+            busy["add"] += tile.add
+            busy["store"] += tile.store
+    first_load = sum(first.loads[n] for n in mean)
+    conv_operands = sum(first.loads[n] for n in ("inp", "wgt") if n in mean)
+    # the first tile: its loads, conv, add, store; software pipelining issues the epilogue's
+    # loads after the conv's, so they run under the first conv
+    overlap = min(first.conv, first_load - conv_operands) if config.pipeline == "software" else 0
+    fill = once + first_load + first.conv + first.add + first.store - overlap
+    rest = {
+        "load": busy["load"] - once - first_load,
+        "conv": busy["conv"] - first.conv,
+        "add": busy["add"] - first.add,
+        "store": busy["store"] - first.store,
+    }
+    rest = {unit: max(value, 0) for unit, value in rest.items()}
     if config.pipeline == "none":
         # one slot per buffer: load(i+1) waits for add(i) to free the residual, conv(i+1) for
         # that load: Add, Load and Conv run back to back
-        period = max(full.conv + full.add + full.load, full.add + full.store)
-        last_period = max(last.conv + last.add + last.load, last.add + last.store)
+        steady = max(rest["conv"] + rest["add"] + rest["load"], rest["add"] + rest["store"])
     else:
-        period, last_period = full.period, last.period
-    steady = (tiles - 2) * period + last_period if tiles > 1 else 0
+        steady = max(rest.values())
     if config.pipeline == "vthread" and tiles > 1:  # a tile pair's loads precede its convs
-        fill += full.load
-    return Estimate(
-        config, tiles, full, last, once, fill + steady, full.tile_bytes * SLOTS[config.pipeline]
-    )
+        fill += first_load
+    once_bytes = sum(_bytes(workload, name, grid.channel[0]) for name in once_names)
+    buffer_bytes = first.tile_bytes * slots + once_bytes * (1 - slots)
+    last = cost(grid.spatial[-1], grid.channel[-1])
+    return Estimate(config, tiles, first, last, once, fill + steady, buffer_bytes, busy)
+
+
+def _bytes(workload: Workload, name: str, channels: int) -> int:
+    if name == "wgt":
+        return channels * math.prod(workload.weight_shape[1:]) * 4
+    return channels * 4
 
 
 @lru_cache(maxsize=4096)
@@ -135,8 +260,10 @@ def features(workload: Workload, config: TileConfig, hardware: HardwareConfig) -
         float(length),
         length / extent,
         float(extent % length != 0),
+        log(config.channel_tiles),
         *(float(config.axis == a) for a in AXES),
         *(float(config.pipeline == p) for p in PIPELINES),
+        *(float(config.order == o) for o in ORDERS),
         log(est.full.conv),
         log(est.full.add),
         log(est.full.load),
@@ -144,6 +271,7 @@ def features(workload: Workload, config: TileConfig, hardware: HardwareConfig) -
         log(est.full.period),
         log(est.once),
         log(est.buffer_bytes),
+        *(log(est.busy[unit]) for unit in ("load", "conv", "add", "store")),
         log(est.cycles),
     )
 
@@ -155,8 +283,13 @@ def ranked(workload: Workload, hardware: HardwareConfig) -> list[Estimate]:
 
 
 def default_config(workload: Workload, hardware: HardwareConfig) -> TileConfig:
-    """The best predicted config that fits `hardware` (lowered, best first, until one fits)."""
+    """The best predicted config that fits `hardware` (lowered, best first, until one fits).
+
+    A config whose analytic bytes exceed twice the whole on-chip memory is skipped unlowered
+    (the analytic count errs high only by a padded halo)."""
     for est in ranked(workload, hardware):
+        if est.buffer_bytes > 2 * sum(hardware.buffer_bytes.values()):
+            continue
         if fits(workload, est.config, hardware):
             return est.config
     raise TileConfigError(

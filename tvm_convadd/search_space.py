@@ -5,7 +5,13 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import TYPE_CHECKING
 
-from tvm_convadd.schedules.tile_config import AXES, PIPELINES, TileConfig
+from tvm_convadd.schedules.tile_config import (
+    ORDERS,
+    PIPELINES,
+    SPATIAL_AXES,
+    TileConfig,
+    whole_groups,
+)
 from tvm_convadd.schedules.workload import Workload
 from tvm_convadd.target.isa import Program
 from tvm_convadd.target.lower import lower_to_program, overflowing
@@ -14,8 +20,9 @@ if TYPE_CHECKING:
     from tvm_convadd.target.hardware import HardwareConfig
 
 
-def distinct_tile_counts(extent: int) -> tuple[int, ...]:
-    """Tile counts 1..extent, one per tile length ceil(extent / N), the smallest N of each.
+def distinct_tile_counts(extent: int, keep=None) -> tuple[int, ...]:
+    """Tile counts 1..extent, one per tile length ceil(extent / N), the smallest N of each;
+    with `keep`, only counts whose tile length it accepts.
 
     N's with the same tile length split the axis at the same points (the surplus tiles are
     empty and predicated off), so they lower to the same program; measuring more than one of
@@ -24,30 +31,67 @@ def distinct_tile_counts(extent: int) -> tuple[int, ...]:
     counts, seen = [], set()
     for n_tiles in range(1, extent + 1):
         tile = -(-extent // n_tiles)
-        if tile not in seen:
+        if tile not in seen and (keep is None or keep(tile)):
             seen.add(tile)
             counts.append(n_tiles)
     return tuple(counts)
 
 
+def channel_tile_counts(workload: Workload) -> tuple[int, ...]:
+    """Distinct channel tile counts whose tiles hold whole groups or lie within one."""
+    return distinct_tile_counts(workload.out_channels, lambda tile: whole_groups(workload, tile))
+
+
 @lru_cache(maxsize=256)
 def enumerate_configs(workload: Workload) -> tuple[TileConfig, ...]:
-    """Every distinct config of `workload`, ordered by axis, pipeline, then N (a stable order:
-    the tuner's categorical decision is an index into it)."""
+    """Every distinct config of `workload` in a stable order (the tuner's categorical decision
+    is an index into it): 1-D tiles by axis, pipeline, then N (one tile once, as N=1 along
+    height); then the 2-D grids by spatial
+    axis, order, pipeline, spatial N and channel N (both at least 2: a grid with one row is a
+    1-D tiling)."""
+    channel_counts = channel_tile_counts(workload)
     configs = []
-    for axis in AXES:
+    for axis in SPATIAL_AXES:
         extent = TileConfig(1, axis).axis_extent(workload)
         for pipeline in PIPELINES:
-            configs += [TileConfig(n, axis, pipeline) for n in distinct_tile_counts(extent)]
+            counts = distinct_tile_counts(extent)
+            configs += [TileConfig(n, axis, pipeline) for n in counts if n > 1 or axis == "height"]
+    for pipeline in PIPELINES:
+        configs += [TileConfig(n, "channel", pipeline) for n in channel_counts if n > 1]
+    for axis in SPATIAL_AXES:
+        extent = TileConfig(1, axis).axis_extent(workload)
+        for order in ORDERS:
+            for pipeline in PIPELINES:
+                configs += [
+                    TileConfig(n, axis, pipeline, channel_tiles=c, order=order)
+                    for n in distinct_tile_counts(extent)
+                    if n > 1
+                    for c in channel_counts
+                    if c > 1
+                ]
     return tuple(configs)
 
 
 def canonical(workload: Workload, config: TileConfig) -> TileConfig:
-    """The enumerated representative of `config` (the smallest N with the same tile length)."""
-    tile = config.tile_extent(workload)
-    extent = config.axis_extent(workload)
-    n_tiles = next(n for n in distinct_tile_counts(extent) if -(-extent // n) == tile)
-    return TileConfig(n_tiles, config.axis, config.pipeline)
+    """The enumerated representative of `config`: the smallest counts with the same tile
+    lengths; a grid of one spatial tile is the channel axis, one of one channel tile the
+    spatial axis, and a single tile is N=1 along height."""
+    spatial = 1
+    if config.axis != "channel":
+        spatial = _smallest(config.axis_extent(workload), config.tile_extent(workload))
+    channel = _smallest(workload.out_channels, config.channel_tile_extent(workload))
+    if spatial > 1 and channel > 1:
+        return TileConfig(
+            spatial, config.axis, config.pipeline, channel_tiles=channel, order=config.order
+        )
+    if channel > 1:
+        return TileConfig(channel, "channel", config.pipeline)
+    return TileConfig(spatial, config.axis if spatial > 1 else "height", config.pipeline)
+
+
+def _smallest(extent: int, tile: int) -> int:
+    """The smallest count that cuts `extent` into tiles of length `tile`."""
+    return -(-extent // tile)
 
 
 @lru_cache(maxsize=32)
