@@ -5,14 +5,14 @@ Shared by `tests/test_fuzz.py` (Hypothesis draws the cases and shrinks a failure
 `draw_case` through a `Chooser`, so the two sample one distribution.
 
 A case is a Workload (odd primes and dims of 1, non-square kernels, per-axis strides,
-asymmetric padding, bias/relu), a TileConfig (N up to 2 past the axis extent) and a hardware
+asymmetric padding, groups (depthwise included), an epilogue chain of 0-4 ALU ops), a
+TileConfig (N up to 2 past the axis extent, a 2-D grid in either order) and a hardware
 config (a shipped one or a random valid design point, sometimes with buffers too small).
 `check_case` lowers it, simulates it functionally and timing-only, and compares with
 torch.nn.functional.conv2d in float64; a BufferOverflowError is checked to be true and its
 advice (the smallest tile count that fits) right. It returns the name of the documented
 error the case raised (or None), raises `WrongAnswer` for a wrong result and lets any other
 exception escape.
-Groups are not generated: `Workload` has no groups field (groups 1 only).
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ from typing import TYPE_CHECKING, Protocol, TypeVar
 import numpy as np
 
 from tvm_convadd.errors import BufferOverflowError, TileConfigError, UnsupportedWorkloadError
-from tvm_convadd.schedules.tile_config import AXES, PIPELINES, TileConfig
-from tvm_convadd.schedules.workload import Workload
+from tvm_convadd.schedules.tile_config import AXES, ORDERS, PIPELINES, TileConfig
+from tvm_convadd.schedules.workload import SUPPORTED_EPILOGUE_OPS, EpilogueOp, Workload
 from tvm_convadd.target.hardware import (
     BUFFERS,
     DATAFLOWS,
@@ -116,10 +116,15 @@ def workload_repr(w: Workload) -> str:
         text += f", stride={w.stride}"
     if w.padding != (0, 0, 0, 0):
         text += f", padding={w.padding}"
-    if w.bias:
-        text += ", bias=True"
-    if w.relu:
-        text += ", relu=True"
+    if w.groups != 1:
+        text += f", groups={w.groups}"
+    if w.epilogue != Workload(1, 1, 1, 1, 1, 1, 1).epilogue:
+        shown = [
+            f"EpilogueOp({op.op!r}, {op.kind!r}" + ("" if op.value is None else f", {op.value!r}")
+            for op in w.epilogue
+        ]
+        ops = ", ".join(f"{op})" for op in shown)
+        text += f", epilogue=({ops}{',' if len(w.epilogue) == 1 else ''})"
     return f"Workload({text})"
 
 
@@ -155,10 +160,28 @@ def _edgy(ch: Chooser, low: int, high: int, special: Sequence[int] = ()) -> int:
     return high if mode == 2 else ch.choice(special)
 
 
+def draw_epilogue(ch: Chooser) -> tuple[EpilogueOp, ...]:
+    """0-4 ALU ops in any order; constants from a few values (0 for relu, 6 for relu6)."""
+    ops = []
+    for _ in range(ch.integer(0, 4)):
+        op, kind = ch.choice(SUPPORTED_EPILOGUE_OPS)
+        value = ch.choice((0.0, 6.0, -0.5, 0.25)) if kind == "const" else None
+        ops.append(EpilogueOp(op, kind, value))
+    return tuple(ops)
+
+
 def draw_workload(ch: Chooser) -> Workload:
     batch = ch.integer(1, 2)
-    in_channels = _edgy(ch, 1, MAX_CHANNELS, SPECIAL_CHANNELS)
-    out_channels = _edgy(ch, 1, MAX_CHANNELS, SPECIAL_CHANNELS)
+    groups = 1
+    if ch.integer(0, 2) == 2:  # a third grouped: depthwise, or a divisor of both counts
+        groups = ch.integer(1, 6)
+        in_channels = groups * ch.integer(1, max(1, MAX_CHANNELS // groups))
+        out_channels = groups * ch.integer(1, max(1, MAX_CHANNELS // groups))
+        if ch.boolean():
+            in_channels = out_channels = groups  # depthwise
+    else:
+        in_channels = _edgy(ch, 1, MAX_CHANNELS, SPECIAL_CHANNELS)
+        out_channels = _edgy(ch, 1, MAX_CHANNELS, SPECIAL_CHANNELS)
     in_height = _edgy(ch, 1, MAX_SPATIAL, SPECIAL_SPATIAL)
     in_width = _edgy(ch, 1, MAX_SPATIAL, SPECIAL_SPATIAL)
     padding = tuple(ch.integer(0, MAX_PAD) for _ in range(4))  # top, left, bottom, right
@@ -176,20 +199,25 @@ def draw_workload(ch: Chooser) -> Workload:
         kernel_w,
         stride=stride,
         padding=padding,
-        bias=ch.boolean(),
-        relu=ch.boolean(),
+        groups=groups,
+        epilogue=draw_epilogue(ch),
     )
 
 
 def draw_config(ch: Chooser, workload: Workload) -> TileConfig:
     """Any axis and pipeline; N in 1..extent (weighted to 1 and to one-deep tiles, N = extent),
     or 1 in 8 times extent+1..extent+2: too big, a TileConfigError. (Uniform over 1..extent+2
-    would waste a third of the small workloads on the error.)"""
+    would waste a third of the small workloads on the error.) A third of the spatial ones are
+    2-D grids with any channel count (some straddle groups: a TileConfigError too)."""
     axis = ch.choice(AXES)
     extent = TileConfig(1, axis).axis_extent(workload)
     too_big = ch.integer(0, 7) == 7
     n_tiles = ch.integer(extent + 1, extent + 2) if too_big else _edgy(ch, 1, extent)
-    return TileConfig(n_tiles, axis, ch.choice(PIPELINES))
+    pipeline = ch.choice(PIPELINES)
+    if axis != "channel" and ch.integer(0, 2) == 2:
+        channels = _edgy(ch, 1, workload.out_channels)
+        return TileConfig(n_tiles, axis, pipeline, channel_tiles=channels, order=ch.choice(ORDERS))
+    return TileConfig(n_tiles, axis, pipeline)
 
 
 def whole_tensor_bytes(workload: Workload) -> dict[str, int]:
@@ -198,7 +226,7 @@ def whole_tensor_bytes(workload: Workload) -> dict[str, int]:
     out = w.batch * w.out_channels * w.out_height * w.out_width
     return {
         "inp": w.batch * w.in_channels * w.padded_height * w.padded_width * 4,
-        "wgt": w.out_channels * w.in_channels * w.kernel_h * w.kernel_w * 4,
+        "wgt": w.out_channels * w.group_in_channels * w.kernel_h * w.kernel_w * 4,
         "bias": w.out_channels * 4,
         "acc": out * 4,
         "res": out * 4,
@@ -252,7 +280,7 @@ def draw_case(ch: Chooser) -> Case:
 def make_inputs(workload: Workload, seed: int) -> list[np.ndarray]:
     """float32 inputs in `Workload.input_names` order, weights scaled by fan-in."""
     rng = np.random.default_rng(seed)
-    fan_in = workload.in_channels * workload.kernel_h * workload.kernel_w
+    fan_in = workload.group_in_channels * workload.kernel_h * workload.kernel_w
     arrays = []
     for name, shape in zip(workload.input_names, workload.input_shapes):
         scale = fan_in**-0.5 if name == "weight" else 1.0
@@ -261,21 +289,28 @@ def make_inputs(workload: Workload, seed: int) -> list[np.ndarray]:
 
 
 def torch_reference(workload: Workload, inputs: list[np.ndarray]) -> tuple[np.ndarray, float]:
-    """conv2d [+ bias] + residual [+ relu] by torch in float64, and the error scale: the largest
-    sum of absolute values any output element adds up (the float32 rounding grows with it)."""
+    """The grouped conv2d and its epilogue chain by torch in float64, and the error scale: the
+    largest magnitude any intermediate value reaches, bounded through the chain (the float32
+    rounding grows with it)."""
     import torch
     import torch.nn.functional as F
 
     named = {name: torch.from_numpy(x).double() for name, x in zip(workload.input_names, inputs)}
     top, left, bottom, right = workload.padding
     data = F.pad(named["data"], (left, right, top, bottom))
-    bias = named["bias"].reshape(-1) if workload.bias else None
-    out = F.conv2d(data, named["weight"], bias, stride=workload.stride) + named["residual"]
-    if workload.relu:
-        out = torch.relu(out)
-    abs_bias = bias.abs() if bias is not None else None
-    magnitude = F.conv2d(data.abs(), named["weight"].abs(), abs_bias, stride=workload.stride)
-    magnitude = magnitude + named["residual"].abs()
+    conv = lambda x, w: F.conv2d(x, w, stride=workload.stride, groups=workload.groups)  # noqa: E731
+    out = conv(data, named["weight"])
+    magnitude = conv(data.abs(), named["weight"].abs())
+    binary = {"add": torch.add, "mul": torch.mul, "max": torch.maximum, "min": torch.minimum}
+    for op, name in zip(workload.epilogue, workload.operand_names):
+        other = torch.tensor(op.value, dtype=torch.float64) if name is None else named[name]
+        out = binary[op.op](out, other)
+        if op.op == "add":
+            magnitude = magnitude + other.abs()
+        elif op.op == "mul":
+            magnitude = magnitude * other.abs()
+        else:
+            magnitude = torch.maximum(magnitude, other.abs())
     return out.numpy(), float(magnitude.max())
 
 
@@ -285,11 +320,12 @@ def torch_reference(workload: Workload, inputs: list[np.ndarray]) -> tuple[np.nd
 def _fits(workload: Workload, config: TileConfig, hardware: HardwareConfig) -> bool:
     """Every on-chip buffer's slots fit its capacity (counted here, not by the package)."""
     program = lower_to_program(workload, config)
-    return all(
-        decl.slots * int(np.prod(decl.shape)) * np.dtype(decl.dtype).itemsize
-        <= hardware.buffer_bytes[name]
-        for name, decl in program.buffers.items()
-    )
+    need: dict[str, int] = {}
+    for name, decl in program.buffers.items():
+        # res, res_2, ... share the residual memory; bias and scale vectors the vector memory
+        pool = {"scale": "bias"}.get(name.split("_")[0], name.split("_")[0])
+        need[pool] = need.get(pool, 0) + decl.slots * int(np.prod(decl.shape)) * 4
+    return all(need[pool] <= hardware.buffer_bytes[pool] for pool in need)
 
 
 def check_overflow(case: Case, err: BufferOverflowError) -> None:
@@ -315,6 +351,25 @@ def check_overflow(case: Case, err: BufferOverflowError) -> None:
             raise WrongAnswer(f"says no tile count fits, but {extent} tiles do: {err}")
 
 
+def valid_config(workload: Workload, config: TileConfig) -> bool:
+    """Counts within their axes, and no channel tile across a group boundary (written from the
+    definition: tile k covers channels [k*t, min((k+1)*t, K)))."""
+    if config.n_tiles > config.axis_extent(workload):
+        return False
+    channels = workload.out_channels
+    count = config.n_tiles if config.axis == "channel" else config.channel_tiles
+    if count > channels:
+        return False
+    tile, per_group = -(-channels // count), workload.group_out_channels
+    for start in range(0, channels, tile):
+        stop = min(start + tile, channels)
+        same_group = start // per_group == (stop - 1) // per_group
+        whole = start % per_group == 0 and stop % per_group == 0
+        if not (same_group or whole):
+            return False
+    return True
+
+
 def check_case(case: Case) -> str | None:
     """Run one case; the name of the documented error it raised, or None when it ran right.
 
@@ -324,20 +379,19 @@ def check_case(case: Case) -> str | None:
     IndexError, TVM's errors, ...
     """
     workload, config, hardware = case.workload, case.config, case.hardware
-    extent = config.axis_extent(workload)
     try:
         program = lower_to_program(workload, config, hardware)
     except TileConfigError:
-        if config.n_tiles > extent:
+        if not valid_config(workload, config):
             return "TileConfigError"
-        raise  # a tile count in 1..extent is valid
+        raise  # a valid config was refused
     except BufferOverflowError as err:
         check_overflow(case, err)
         return "BufferOverflowError"
     except UnsupportedWorkloadError:
         return "UnsupportedWorkloadError"
-    if config.n_tiles > extent:
-        raise WrongAnswer(f"tile count {config.n_tiles} > extent {extent} was accepted")
+    if not valid_config(workload, config):
+        raise WrongAnswer(f"{config} is invalid for {workload} but was accepted")
 
     inputs = make_inputs(workload, case.seed)
     # No documented error is left here: lowering with `hardware` already checked the fit.

@@ -40,7 +40,7 @@ from tvm_convadd.target.simulator import SimResult, simulate
 CODEGEN = "convadd"
 RUN_PROGRAM = "tvm_convadd.run_program"  # the one packed function offloaded calls go through
 PAYLOAD_FORMAT = "tvm-convadd-kernel"
-PAYLOAD_VERSION = 1
+PAYLOAD_VERSION = 2  # 2: epilogue chains, groups, 2-D tiles
 KERNEL_CACHE_SIZE = 64  # parsed payloads kept by run_program; enough for any one network
 
 
@@ -117,7 +117,7 @@ class OffloadedLayer:
                 symbol=str(data["symbol"]),
                 workload=Workload.from_dict(data["workload"]),
                 roles=tuple(data["roles"]),
-                config=TileConfig(**data["config"]),
+                config=TileConfig.from_dict(data["config"]),
                 config_source=str(data["config_source"]),
                 program=Program.from_json(json.dumps(data["program"])),
                 serial_cycles=int(data["serial_cycles"]),
@@ -173,7 +173,7 @@ class OffloadSession:
 
 
 def _serial(config: TileConfig) -> TileConfig:
-    return TileConfig(config.n_tiles, config.axis, "none")
+    return dataclasses.replace(config, pipeline="none")
 
 
 def choose_config(
@@ -309,8 +309,9 @@ def run_program(payload: str, *args) -> None:
             )
         # a role is the name of the program's DRAM tensor it feeds
         tensors = {role: arg.numpy() for role, arg in zip(layer.roles, inputs)}
-        if "bias" in tensors:
-            tensors["bias"] = tensors["bias"].reshape(layer.workload.bias_shape)
+        for name, shape in layer.workload.operand_shapes.items():  # a bias may come flat
+            if name in tensors:
+                tensors[name] = tensors[name].reshape(shape)
         result = simulate(layer.program, layer.hardware, tensors, functional=layer.functional)
         if layer.functional:
             out.copyfrom(np.ascontiguousarray(result.outputs["output"]))

@@ -30,7 +30,7 @@ from tvm_convadd.errors import ConvAddError, RecordsError
 from tvm_convadd.schedules.tile_config import TileConfig
 from tvm_convadd.schedules.workload import Workload
 
-VERSION = 1
+VERSION = 2  # 2: epilogue chains, groups, 2-D tiles (cycles of version 1 are another machine's)
 RECORDS_FILE = "records.jsonl"  # the file tuning appends to inside a records directory
 RECORDS_GLOBS = ("*.json", "*.jsonl")
 _FIELDS = ("workload", "workload_def", "target", "config", "cycles", "version")
@@ -80,7 +80,10 @@ def parse_record(line: str) -> Record:
     if missing:
         raise RecordsError(f"missing field(s) {missing}; a record needs {list(_FIELDS)}")
     if type(data["version"]) is not int or data["version"] != VERSION:
-        raise RecordsError(f"version {data['version']!r}, this tvm-convadd reads {VERSION}")
+        raise RecordsError(
+            f"version {data['version']!r}, this tvm-convadd reads {VERSION} (older records "
+            "were measured on another cost model: re-tune)"
+        )
     cycles = data["cycles"]
     if type(cycles) is not int or cycles < 1:
         raise RecordsError(f"cycles {cycles!r}: must be a positive integer")
@@ -94,7 +97,7 @@ def parse_record(line: str) -> Record:
     _check_types("config", data["config"])
     try:
         workload = Workload.from_dict(data["workload_def"])
-        config = TileConfig(**data["config"])
+        config = TileConfig.from_dict(data["config"])
     except (ConvAddError, TypeError, ValueError, KeyError) as err:
         raise RecordsError(f"bad workload_def or config: {err}") from err
     if workload.key != data["workload"]:
@@ -122,8 +125,26 @@ def _check_types(what: str, given: dict) -> None:
         if name not in given:
             raise RecordsError(f"{what} lacks field {name!r}")
         value = given[name]
-        if not _same_type(value, example):
+        if name == "epilogue":
+            _check_epilogue(f"{what}.{name}", value)
+        elif not _same_type(value, example):
             raise RecordsError(f"{what}.{name} {value!r}: must be {_describe(example)}")
+
+
+def _check_epilogue(what: str, ops) -> None:
+    """An epilogue is a list of {"op": str, "kind": str[, "value": number]} objects."""
+    if not isinstance(ops, list):
+        raise RecordsError(f"{what} {ops!r}: must be a list of epilogue ops")
+    for index, op in enumerate(ops):
+        where = f"{what}[{index}]"
+        if not isinstance(op, dict) or set(op) - {"op", "kind", "value"}:
+            raise RecordsError(f"{where} {op!r}: must be an object with op, kind[, value]")
+        for name in ("op", "kind"):
+            if not isinstance(op.get(name), str):
+                raise RecordsError(f"{where}.{name} {op.get(name)!r}: must be a string")
+        value = op.get("value")
+        if "value" in op and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise RecordsError(f"{where}.value {value!r}: must be a number")
 
 
 def _describe(example) -> str:
