@@ -15,6 +15,7 @@ field, never later inside the simulator.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import MISSING, dataclass, field
 from typing import ClassVar
 
@@ -23,6 +24,8 @@ from tvm_convadd.errors import ProgramError
 UNITS = ("load", "conv", "add", "store")
 Region = tuple[tuple[int, int], ...]  # (start, extent) per dimension
 DTYPES = ("float16", "float32", "float64")  # element types a buffer or program may have
+ALU_OPS = ("add", "mul", "max", "min")  # the Add unit's vector ALU (VTA's ALU: add/mul/max/min)
+ALU_KINDS = ("tensor", "channel", "const")  # operand: out-shaped, (1, C, 1, 1), or a scalar
 
 
 def _show(value) -> str:
@@ -240,7 +243,12 @@ def format_pad(pad: Pad) -> str:
 
 @dataclass(frozen=True, kw_only=True)
 class Conv(Instruction):
-    """acc = conv2d(inp, wgt) over the whole input-channel and kernel window of the regions."""
+    """acc = conv2d(inp, wgt, groups) over the whole input-channel and kernel window of the regions.
+
+    With cg = the wgt region's C extent and ng = acc channels / groups, acc channel j (local to
+    the region) reduces over inp channels [(j // ng) * cg, (j // ng + 1) * cg) and the kernel
+    window: the inp region has groups * cg channels (depthwise: cg = 1, ng = 1 per group).
+    """
 
     opcode: ClassVar[str] = "CONV"
     unit: ClassVar[str] = "conv"
@@ -248,13 +256,14 @@ class Conv(Instruction):
     wgt: Slot
     acc: Slot
     stride: tuple[int, int] = (1, 1)
+    groups: int = 1
 
     def operands(self):
         return {"inp": self.inp, "wgt": self.wgt, "acc": self.acc}
 
     @property
     def macs(self) -> int:
-        """Multiply-accumulates: every output element reduces over the weight's C x R x S."""
+        """Multiply-accumulates: every output element reduces over its group's C x R x S."""
         _, (_, channels), (_, kernel_h), (_, kernel_w) = self.wgt.region
         return region_size(self.acc.region) * channels * kernel_h * kernel_w
 
@@ -265,23 +274,99 @@ class Conv(Instruction):
         return (self.acc,)
 
 
+@dataclass(frozen=True)
+class AluOp:
+    """One step of an ADD's op list: v = op(v, operand).
+
+    The operand is an on-chip `src` for kind "tensor" (extents equal out's) and "channel"
+    (extents (1, out channels, 1, 1), broadcast over n, h, w), or the scalar `value` for "const".
+    """
+
+    op: str
+    kind: str
+    src: Slot | None = None
+    value: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.op not in ALU_OPS:
+            raise ProgramError(f"ALU op {_show(self.op)}: choose one of {list(ALU_OPS)}")
+        if self.kind not in ALU_KINDS:
+            kinds = list(ALU_KINDS)
+            raise ProgramError(f"ALU operand kind {_show(self.kind)}: choose one of {kinds}")
+        if self.kind == "const":
+            if self.src is not None or self.value is None:
+                raise ProgramError(f"ALU op {self.op} const: give a value and no src")
+            object.__setattr__(self, "value", float(self.value))
+        elif self.src is None or self.value is not None:
+            raise ProgramError(f"ALU op {self.op} {self.kind}: give a src and no value")
+
+    def operand_text(self) -> str:
+        return f"{self.value:g}" if self.src is None else str(self.src)
+
+    def to_json(self) -> dict:
+        data: dict = {"op": self.op, "kind": self.kind}
+        if self.src is not None:
+            data["src"] = self.src.to_json()
+        else:
+            data["value"] = self.value
+        return data
+
+    @classmethod
+    def from_json(cls, data, what: str) -> AluOp:
+        data = _object(data, f"{what}: ALU op", ("op", "kind"), ("src", "value"))
+        op, kind = _str(data["op"], f"{what}.op"), _str(data["kind"], f"{what}.kind")
+        if kind == "const":
+            value = data.get("value")
+            ok = type(value) in (int, float) and math.isfinite(value)
+            if not ok or "src" in data:
+                raise ProgramError(
+                    f"{what}: const ALU op value {_show(value)}: give a finite number and no src"
+                )
+            return cls(op, kind, value=float(value))
+        if "value" in data or "src" not in data:
+            raise ProgramError(f"{what}: {kind} ALU op: give a src (an on-chip operand), no value")
+        return cls(op, kind, Slot.from_json(data["src"], f"{what}.src"))
+
+
+_ALU_SYMBOLS = {"add": "+", "mul": "*"}
+
+
 @dataclass(frozen=True, kw_only=True)
 class Add(Instruction):
-    """out = acc [+ bias] + res, then relu if asked: the fused epilogue."""
+    """out = the op list applied in order to acc (v = acc; v = op(v, operand); out = v).
+
+    The fused epilogue: bias, scale, residual, relu and clip are steps of one pass over acc.
+    """
 
     opcode: ClassVar[str] = "ADD"
     unit: ClassVar[str] = "add"
     acc: Slot
-    res: Slot
     out: Slot
-    bias: Slot | None = None
-    relu: bool = False
+    ops: tuple[AluOp, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "ops", tuple(self.ops))
 
     def operands(self):
-        return {"acc": self.acc, "bias": self.bias, "res": self.res, "out": self.out}
+        sources = {f"ops[{i}].src": op.src for i, op in enumerate(self.ops) if op.src is not None}
+        return {"acc": self.acc, **sources, "out": self.out}
+
+    def expression(self) -> str:
+        """The op list as one expression: `max(acc[0][..] + bias[0][..], 0)`."""
+        text, is_sum = str(self.acc), False
+        for step in self.ops:
+            operand = step.operand_text()
+            if step.op in _ALU_SYMBOLS:
+                if step.op == "mul" and is_sum:
+                    text = f"({text})"
+                text = f"{text} {_ALU_SYMBOLS[step.op]} {operand}"
+            else:
+                text = f"{step.op}({text}, {operand})"
+            is_sum = step.op == "add"
+        return text
 
     def reads(self):
-        return tuple(s for s in (self.acc, self.bias, self.res) if s is not None)
+        return (self.acc, *(op.src for op in self.ops if op.src is not None))
 
     def writes(self):
         return (self.out,)
@@ -308,22 +393,24 @@ OPCODES: dict[str, type[Instruction]] = {cls.opcode: cls for cls in (Load, Conv,
 
 def instruction_to_json(inst: Instruction) -> dict:
     data: dict = {"op": inst.opcode}
-    for name, operand in inst.operands().items():
-        if operand is not None:
-            data[name] = operand.to_json()
+    if isinstance(inst, Add):
+        data |= {"acc": inst.acc.to_json(), "out": inst.out.to_json()}
+        data["ops"] = [op.to_json() for op in inst.ops]
+    else:
+        data |= {name: operand.to_json() for name, operand in inst.operands().items()}
     if isinstance(inst, Load) and inst.pad:
         data["pad"] = [list(p) for p in inst.pad]
     if isinstance(inst, Conv):
         data["stride"] = list(inst.stride)
-    if isinstance(inst, Add):
-        data["relu"] = inst.relu
+        data["groups"] = inst.groups
     data["wait"] = list(inst.wait)
     data["signal"] = list(inst.signal)
     return data
 
 
-_OPERANDS = ("dst", "src", "inp", "wgt", "acc", "res", "out", "bias")
-_ATTRIBUTES = {"LOAD": ("pad",), "CONV": ("stride",), "ADD": ("relu",), "STORE": ()}
+_OPERANDS = ("dst", "src", "inp", "wgt", "acc", "out")
+_ATTRIBUTES = {"LOAD": ("pad",), "CONV": ("stride", "groups"), "ADD": ("ops",), "STORE": ()}
+_REQUIRED_ATTRIBUTES = {"CONV": ("groups",), "ADD": ("ops",)}
 
 
 def instruction_from_json(data: dict, where: str) -> Instruction:
@@ -336,9 +423,10 @@ def instruction_from_json(data: dict, where: str) -> Instruction:
     fields = cls.__dataclass_fields__
     operands = [name for name in _OPERANDS if name in fields]
     required = [name for name in operands if fields[name].default is MISSING]
+    required += _REQUIRED_ATTRIBUTES.get(op, ())
     missing = [name for name in required if name not in data]
     if missing:
-        raise ProgramError(f"{where}: {op} is missing an operand: {missing}; it needs {required}")
+        raise ProgramError(f"{where}: {op} is missing a field: {missing}; it needs {required}")
     known = {"op", "wait", "signal", *operands, *_ATTRIBUTES[op]}
     unknown = sorted(set(data) - known)
     if unknown:
@@ -354,17 +442,19 @@ def instruction_from_json(data: dict, where: str) -> Instruction:
             kwargs[name] = Slot.from_json(data[name], what)
     if cls is Load and "pad" in data:  # its rank and signs: Program checks them, as for code
         kwargs["pad"] = _pairs(data["pad"], f"{where} LOAD.pad", "[before, after]")
-    if cls is Conv and "stride" in data:
-        stride = data["stride"]
-        ok = isinstance(stride, list) and len(stride) == 2
-        if not ok or not all(type(s) is int and s >= 1 for s in stride):
-            raise ProgramError(f"{where}: CONV stride {_show(stride)}: give two integers >= 1")
-        kwargs["stride"] = tuple(stride)
-    if cls is Add and "relu" in data:
-        relu = data["relu"]
-        if not isinstance(relu, bool):
-            raise ProgramError(f"{where} ADD.relu {_show(relu)}: must be true or false")
-        kwargs["relu"] = relu
+    if cls is Conv:
+        if "stride" in data:
+            stride = data["stride"]
+            ok = isinstance(stride, list) and len(stride) == 2
+            if not ok or not all(type(s) is int and s >= 1 for s in stride):
+                raise ProgramError(f"{where}: CONV stride {_show(stride)}: give two integers >= 1")
+            kwargs["stride"] = tuple(stride)
+        kwargs["groups"] = _int(data["groups"], f"{where} CONV.groups", 1)
+    if cls is Add:
+        items = _list(data["ops"], f"{where} ADD.ops")
+        kwargs["ops"] = tuple(
+            AluOp.from_json(item, f"{where} ADD.ops[{i}]") for i, item in enumerate(items)
+        )
     return cls(**kwargs)
 
 
@@ -454,6 +544,8 @@ class Program:
                     _check_inside(where, operand.region, shape, "tensor", fix, min_extent=0)
                 else:
                     _check_inside(where, operand.region, shape, "tensor")
+        if isinstance(inst, Conv) and (type(inst.groups) is not int or inst.groups < 1):
+            raise ProgramError(f"{unit}#{index} CONV.groups {inst.groups!r}: an integer >= 1")
         if isinstance(inst, Load) and inst.pad:
             where = f"{unit}#{index} LOAD.pad"
             if len(inst.pad) != len(inst.dst.region):
@@ -484,8 +576,9 @@ class Program:
                     extra = f", pad={format_pad(inst.pad)}"
                 if isinstance(inst, Conv):
                     extra = f", stride={inst.stride[0]}x{inst.stride[1]}"
-                if isinstance(inst, Add) and inst.relu:
-                    extra = ", relu"
+                    extra += f", groups={inst.groups}" if inst.groups != 1 else ""
+                if isinstance(inst, Add):
+                    ops = f"{inst.out} = {inst.expression()}"
                 flags = inst.flags()
                 lines.append(
                     f"  {index:4d}  {inst.opcode:<5} {ops}{extra}"
