@@ -76,7 +76,6 @@ class OffloadedLayer:
     config: TileConfig
     config_source: str  # "records", "heuristic" or "user"
     program: Program
-    serial_cycles: int  # the same tiles run without pipelining: the A + B baseline
     hardware: HardwareConfig
     functional: bool = True
 
@@ -91,7 +90,6 @@ class OffloadedLayer:
                 "roles": list(self.roles),
                 "config": self.config.to_dict(),
                 "config_source": self.config_source,
-                "serial_cycles": self.serial_cycles,
                 "hardware": self.hardware.to_dict(),
                 "functional": self.functional,
                 "program": json.loads(self.program.to_json()),
@@ -120,7 +118,6 @@ class OffloadedLayer:
                 config=TileConfig.from_dict(data["config"]),
                 config_source=str(data["config_source"]),
                 program=Program.from_json(json.dumps(data["program"])),
-                serial_cycles=int(data["serial_cycles"]),
                 hardware=HardwareConfig.from_dict(data["hardware"], "kernel payload hardware"),
                 functional=bool(data["functional"]),
             )
@@ -154,8 +151,6 @@ class OffloadSession:
         fused = describe(func)
         config, source = choose_config(fused.workload, self.hardware, self.options)
         program = lower_to_program(fused.workload, config, self.hardware)
-        serial = lower_to_program(fused.workload, _serial(config), self.hardware)
-        serial_cycles = simulate(serial, self.hardware, functional=False).total_cycles
         symbol = str(func.attrs["global_symbol"])
         layer = OffloadedLayer(
             symbol,
@@ -164,16 +159,11 @@ class OffloadSession:
             config,
             source,
             program,
-            serial_cycles,
             self.hardware,
             self.options.functional,
         )
         self.layers[symbol] = layer
         return layer
-
-
-def _serial(config: TileConfig) -> TileConfig:
-    return dataclasses.replace(config, pipeline="none")
 
 
 def choose_config(
