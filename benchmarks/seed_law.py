@@ -18,15 +18,24 @@ from pathlib import Path
 
 from tvm_convadd import TileConfig, Workload
 from tvm_convadd.errors import BufferOverflowError
+from tvm_convadd.schedules.workload import standard_epilogue
 from tvm_convadd.target.hardware import load_config
 from tvm_convadd.target.lower import lower_to_program
 from tvm_convadd.target.simulator import simulate
 
 LAYERS = {
-    "stage1 64->256 @56": Workload(1, 64, 56, 56, 256, 1, 1, bias=True, relu=True),
-    "stage2 128->512 @28": Workload(1, 128, 28, 28, 512, 1, 1, bias=True, relu=True),
-    "stage3 256->1024 @14": Workload(1, 256, 14, 14, 1024, 1, 1, bias=True, relu=True),
-    "stage4 512->2048 @7": Workload(1, 512, 7, 7, 2048, 1, 1, bias=True, relu=True),
+    "stage1 64->256 @56": Workload(
+        1, 64, 56, 56, 256, 1, 1, epilogue=standard_epilogue(bias=True, relu=True)
+    ),
+    "stage2 128->512 @28": Workload(
+        1, 128, 28, 28, 512, 1, 1, epilogue=standard_epilogue(bias=True, relu=True)
+    ),
+    "stage3 256->1024 @14": Workload(
+        1, 256, 14, 14, 1024, 1, 1, epilogue=standard_epilogue(bias=True, relu=True)
+    ),
+    "stage4 512->2048 @7": Workload(
+        1, 512, 7, 7, 2048, 1, 1, epilogue=standard_epilogue(bias=True, relu=True)
+    ),
 }
 
 
@@ -157,7 +166,7 @@ def timelines(directory: Path) -> list[Path]:
     from tvm_convadd.target.trace import plot_gantt
 
     hardware = load_config("default")
-    workload = Workload(1, 128, 28, 28, 512, 1, 1, bias=True, relu=True)
+    workload = Workload(1, 128, 28, 28, 512, 1, 1, epilogue=standard_epilogue(bias=True, relu=True))
     paths = []
     for pipeline in ("none", "software"):
         config = TileConfig(7, "height", pipeline)

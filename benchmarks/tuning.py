@@ -18,15 +18,23 @@ import numpy as np
 
 from tvm_convadd import heuristic, search_space, tuner
 from tvm_convadd.schedules.tile_config import TileConfig
-from tvm_convadd.schedules.workload import Workload
+from tvm_convadd.schedules.workload import Workload, standard_epilogue
 from tvm_convadd.target.registry import hardware_for_target
 
 # conv3 (1x1, stride 1) of each bottleneck stage, with the folded BN bias and the block's relu
 LAYERS = {
-    "stage1 64->256 @56": Workload(1, 64, 56, 56, 256, 1, 1, bias=True, relu=True),
-    "stage2 128->512 @28": Workload(1, 128, 28, 28, 512, 1, 1, bias=True, relu=True),
-    "stage3 256->1024 @14": Workload(1, 256, 14, 14, 1024, 1, 1, bias=True, relu=True),
-    "stage4 512->2048 @7": Workload(1, 512, 7, 7, 2048, 1, 1, bias=True, relu=True),
+    "stage1 64->256 @56": Workload(
+        1, 64, 56, 56, 256, 1, 1, epilogue=standard_epilogue(bias=True, relu=True)
+    ),
+    "stage2 128->512 @28": Workload(
+        1, 128, 28, 28, 512, 1, 1, epilogue=standard_epilogue(bias=True, relu=True)
+    ),
+    "stage3 256->1024 @14": Workload(
+        1, 256, 14, 14, 1024, 1, 1, epilogue=standard_epilogue(bias=True, relu=True)
+    ),
+    "stage4 512->2048 @7": Workload(
+        1, 512, 7, 7, 2048, 1, 1, epilogue=standard_epilogue(bias=True, relu=True)
+    ),
 }
 
 

@@ -9,6 +9,7 @@ from tests.test_schedule import FAMILIES, tile_counts
 from tvm_convadd import TileConfig, Workload
 from tvm_convadd.errors import BufferOverflowError, DeadlockError, HazardError
 from tvm_convadd.reference import convadd_reference, random_inputs
+from tvm_convadd.schedules.workload import standard_epilogue
 from tvm_convadd.target.hardware import load_config
 from tvm_convadd.target.isa import Program
 from tvm_convadd.target.lower import lower_to_program
@@ -100,7 +101,7 @@ def test_timing_only_agrees_with_functional(default_hw):
 
 
 def test_more_tiles_help_until_overheads_win(default_hw):
-    workload = Workload(1, 64, 14, 14, 128, 1, 1, bias=True, relu=True)
+    workload = Workload(1, 64, 14, 14, 128, 1, 1, epilogue=standard_epilogue(bias=True, relu=True))
     cycles = {
         n: simulate(
             lower_to_program(workload, TileConfig(n, "height", "software"), default_hw),
@@ -142,6 +143,6 @@ def test_hand_edited_swapped_slot_is_a_hazard(default_hw):
 
 
 def test_tile_too_large_names_the_smallest_tile_count(default_hw):
-    workload = Workload(1, 256, 56, 56, 256, 1, 1, bias=True)
+    workload = Workload(1, 256, 56, 56, 256, 1, 1, epilogue=standard_epilogue(bias=True))
     with pytest.raises(BufferOverflowError, match=r"use at least \d+ tiles along height"):
         lower_to_program(workload, TileConfig(1, "height", "software"), default_hw)

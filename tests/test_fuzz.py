@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from tests.fuzz_cases import Case, check_case, draw_case
 from tvm_convadd import TileConfig, Workload
+from tvm_convadd.schedules.workload import standard_epilogue
 from tvm_convadd.target.hardware import load_config
 
 CI_SETTINGS = settings(
@@ -67,11 +68,33 @@ EDGE_CASES = {
     ),
     "all_ones": (Workload(1, 1, 1, 1, 1, 1, 1), TileConfig(1, "height", "none")),
     "kernel_is_padded_input": (
-        Workload(2, 3, 3, 2, 5, 5, 5, stride=(3, 2), padding=(1, 2, 1, 1), bias=True),
+        Workload(
+            2,
+            3,
+            3,
+            2,
+            5,
+            5,
+            5,
+            stride=(3, 2),
+            padding=(1, 2, 1, 1),
+            epilogue=standard_epilogue(bias=True),
+        ),
         TileConfig(1, "channel", "vthread"),
     ),
     "ragged_last_tile_asymmetric_pad": (
-        Workload(1, 7, 11, 13, 5, 3, 2, stride=(2, 3), padding=(2, 0, 1, 2), relu=True),
+        Workload(
+            1,
+            7,
+            11,
+            13,
+            5,
+            3,
+            2,
+            stride=(2, 3),
+            padding=(2, 0, 1, 2),
+            epilogue=standard_epilogue(relu=True),
+        ),
         TileConfig(4, "height", "software"),
     ),
 }

@@ -13,9 +13,9 @@ from tvm_convadd import records
 from tvm_convadd.errors import RecordsError
 from tvm_convadd.records import Record
 from tvm_convadd.schedules.tile_config import AXES, PIPELINES, TileConfig
-from tvm_convadd.schedules.workload import Workload
+from tvm_convadd.schedules.workload import Workload, standard_epilogue
 
-WL = Workload(1, 8, 8, 8, 8, 1, 1, bias=True, relu=True)
+WL = Workload(1, 8, 8, 8, 8, 1, 1, epilogue=standard_epilogue(bias=True, relu=True))
 OTHER = Workload(1, 8, 8, 8, 16, 1, 1)
 TARGET = "convadd-sim"
 
@@ -40,9 +40,15 @@ def test_round_trip(tmp_path, sample):
         "workload": WL.key,
         "workload_def": json.loads(json.dumps(WL.to_dict())),
         "target": TARGET,
-        "config": {"n_tiles": 2, "axis": "height", "pipeline": "software"},
+        "config": {
+            "n_tiles": 2,
+            "axis": "height",
+            "pipeline": "software",
+            "channel_tiles": 1,
+            "order": "spatial_outer",
+        },
         "cycles": 900,
-        "version": 1,
+        "version": 2,
     }
 
 
@@ -58,7 +64,7 @@ def test_best_config_filters_workload_and_target(sample):
         ("[1, 2]", "expected a JSON object"),
         ('{"workload": "x"}', "missing field"),
         (None, "cycles -3"),
-        (None, "version 2"),
+        (None, "version 1, this tvm-convadd reads 2 (older records were measured on another"),
         (None, "does not match its workload_def"),
         (None, "tile count 99"),
     ],
@@ -71,7 +77,7 @@ def test_damaged_line_is_reported_and_good_records_load(
     if message.startswith("cycles"):
         bad_line = json.dumps({**data, "cycles": -3})
     elif message.startswith("version"):
-        bad_line = json.dumps({**data, "version": 2})
+        bad_line = json.dumps({**data, "version": 1})
     elif message.startswith("does not"):
         bad_line = json.dumps({**data, "workload": OTHER.key})
     elif message.startswith("tile count"):
@@ -165,14 +171,28 @@ def _put(*path_and_value):
             _put("workload_def", "stride", [1.0, 1.0]),
             "workload_def.stride [1.0, 1.0]: must be a list",
         ),
-        (_put("workload_def", "bias", 1), "workload_def.bias 1: must be true or false"),
+        (_put("workload_def", "epilogue", "relu"), "workload_def.epilogue 'relu': must be a list"),
+        (
+            _put("workload_def", "epilogue", [{"op": "add", "kind": 1}]),
+            "workload_def.epilogue[0].kind 1: must be a string",
+        ),
+        (
+            _put("workload_def", "epilogue", [{"op": "max", "kind": "const", "value": "0"}]),
+            "workload_def.epilogue[0].value '0': must be a number",
+        ),
+        (
+            _put("workload_def", "epilogue", [{"op": "shr", "kind": "const", "value": 1}]),
+            "bad workload_def or config: epilogue op shr const: the vector ALU takes",
+        ),
+        (_put("workload_def", "groups", "2"), "workload_def.groups '2': must be an integer"),
         (
             _put("workload_def", "padding", [0, 0]),
             "workload_def.padding [0, 0]: must be a list of 4",
         ),
         (_put("workload_def", "kernel_h", "1"), "workload_def.kernel_h '1': must be an integer"),
         (_put("workload_def", "batch", 0), "bad workload_def or config: batch=0"),
-        (_put("workload_def", "groups", 2), "bad workload_def or config"),
+        (_put("workload_def", "groups", 3), "bad workload_def or config: groups=3 must divide"),
+        (_put("workload_def", "dilation", 2), "bad workload_def or config"),
         (_put("workload_def", [1, 2]), "workload_def [1, 2]: must be a JSON object"),
         (lambda data: data["workload_def"].pop("batch"), "workload_def lacks field 'batch'"),
         (_put("config", "n_tiles", "2"), "config.n_tiles '2': must be an integer"),

@@ -20,14 +20,16 @@ from tvm_convadd.codegen import (
 )
 from tvm_convadd.report import NetworkReport, layer_report, network_report, overlap_cycles
 from tvm_convadd.schedules.tile_config import TileConfig
-from tvm_convadd.schedules.workload import Workload
+from tvm_convadd.schedules.workload import Workload, standard_epilogue
 from tvm_convadd.target.hardware import load_config
 from tvm_convadd.target.isa import UNITS, Program
 from tvm_convadd.target.lower import lower_to_program
 from tvm_convadd.target.simulator import Event, SimResult, UnitStats, simulate
 
 # 8x8 output: 2 tiles along the height hold 4 rows each
-WORKLOAD = Workload(1, 8, 8, 8, 8, 3, 3, padding=(1, 1, 1, 1), bias=True, relu=True)
+WORKLOAD = Workload(
+    1, 8, 8, 8, 8, 3, 3, padding=(1, 1, 1, 1), epilogue=standard_epilogue(bias=True, relu=True)
+)
 
 
 def sim(*spans: tuple[str, int, int], total: int | None = None) -> SimResult:

@@ -6,13 +6,13 @@ import pytest
 
 from tvm_convadd import heuristic, search_space
 from tvm_convadd.schedules.tile_config import TileConfig
-from tvm_convadd.schedules.workload import Workload
+from tvm_convadd.schedules.workload import Workload, standard_epilogue
 from tvm_convadd.target.hardware import load_config
 from tvm_convadd.target.simulator import simulate
 
-SMALL = Workload(1, 8, 8, 8, 8, 1, 1, bias=True, relu=True)
+SMALL = Workload(1, 8, 8, 8, 8, 1, 1, epilogue=standard_epilogue(bias=True, relu=True))
 # ResNet-50 bottleneck conv3 shape, scaled down so that N=1 fits the default buffers
-RESNET_LIKE = Workload(1, 32, 14, 14, 128, 1, 1, bias=True, relu=True)
+RESNET_LIKE = Workload(1, 32, 14, 14, 128, 1, 1, epilogue=standard_epilogue(bias=True, relu=True))
 
 
 @pytest.fixture(scope="module")
@@ -61,12 +61,18 @@ def test_heuristic_beats_one_tile_and_fits(hardware):
 @pytest.mark.parametrize("target", ["default", "slow_add", "big_array"])
 def test_heuristic_never_returns_a_config_that_does_not_fit(target):
     hardware = load_config(target)
-    wl = Workload(1, 64, 56, 56, 256, 1, 1, bias=True, relu=True)
+    wl = Workload(1, 64, 56, 56, 256, 1, 1, epilogue=standard_epilogue(bias=True, relu=True))
     assert search_space.fits(wl, heuristic.default_config(wl, hardware), hardware)
 
 
 @pytest.mark.parametrize(
-    "workload", [RESNET_LIKE, Workload(1, 16, 20, 20, 32, 3, 3, padding=(1, 1, 1, 1), relu=True)]
+    "workload",
+    [
+        RESNET_LIKE,
+        Workload(
+            1, 16, 20, 20, 32, 3, 3, padding=(1, 1, 1, 1), epilogue=standard_epilogue(relu=True)
+        ),
+    ],
 )
 def test_estimate_tracks_the_simulator(workload, hardware):
     """The analytic model is what the default and the cost model's features rest on: over

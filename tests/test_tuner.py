@@ -9,13 +9,13 @@ import pytest
 
 from tvm_convadd import heuristic, records, tuner
 from tvm_convadd.schedules.tile_config import TileConfig
-from tvm_convadd.schedules.workload import Workload
+from tvm_convadd.schedules.workload import Workload, standard_epilogue
 from tvm_convadd.target.registry import hardware_for_target
 
 # a small space (81 configs) on the default config whose optimum is not the heuristic's pick:
 # with the fold-accurate array and per-run DMA, N=3 along height beats its N=2 by 4%
 # (test_the_heuristic_misses_the_optimum checks that this still holds)
-WL = Workload(1, 48, 16, 16, 48, 1, 1, relu=True)
+WL = Workload(1, 48, 16, 16, 48, 1, 1, epilogue=standard_epilogue(relu=True))
 TARGET = "convadd-sim"
 
 
