@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from tvm_convadd.errors import HardwareConfigError
 from tvm_convadd.target.isa import (
+    ALU_OPS,
     DTYPES,
     Add,
     Conv,
@@ -30,7 +31,10 @@ if TYPE_CHECKING:
 
     from tvm_convadd.target.isa import Program, Region
 
-BUFFERS = ("inp", "wgt", "bias", "acc", "res", "out")
+BUFFERS = ("inp", "wgt", "bias", "acc", "res", "out")  # the buffer pools of `buffer_bytes`
+# Epilogue operand buffers ("res", "res_2", ..., "bias", "scale_2", ...) and the pool each draws
+# from: full tensors from the residual memory, per-channel vectors from the vector memory.
+_POOL_OF_PREFIX = {"res": "res", "bias": "bias", "scale": "bias"}
 DATAFLOWS = {"ws": "weight-stationary", "os": "output-stationary", "is": "input-stationary"}
 
 # field -> (smallest, largest) accepted value; the ranges only catch typos and nonsense.
@@ -43,6 +47,7 @@ _INT_RANGES = {
     "dma_run_cycles": (0, 1 << 16),
     "issue_cycles": (0, 1 << 16),
 }
+_ALU_OP_CYCLES_RANGE = (0, 1 << 16)
 _OPTIONAL = {"dtype": "float32", "clock_mhz": 500.0}
 _RETIRED = {  # fields of the first, flat cost model, and what replaced them
     "macs_per_cycle": "array_rows, array_cols and dataflow",
@@ -93,6 +98,7 @@ class HardwareConfig:
     fill_drain: bool  # False only on the ideal machine: folds stream with no skew
     add_lanes: int
     add_latency_cycles: int  # the vector unit's pipeline depth, paid once per instruction
+    alu_op_cycles: Mapping[str, int] = field(hash=False)  # cycles per lane-wide pass, per op
     dma_bytes_per_cycle: int | None
     dma_latency_cycles: int  # per transfer: descriptor, DRAM round trip
     dma_run_cycles: int  # per contiguous run of the DRAM region: a new burst and address
@@ -103,6 +109,7 @@ class HardwareConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "buffer_bytes", MappingProxyType(dict(self.buffer_bytes)))
+        object.__setattr__(self, "alu_op_cycles", MappingProxyType(dict(self.alu_op_cycles)))
 
     def __reduce__(self):
         """Pickle through the plain dict (a MappingProxyType does not pickle): process pools."""
@@ -146,14 +153,29 @@ class HardwareConfig:
         overhead = preload + rows + cols - 2 if self.fill_drain else 0
         return ConvMapping(sr, sc, t, _ceil_div(sr, rows), _ceil_div(sc, cols), t + overhead)
 
-    def conv_cycles(self, pixels: int, reduction: int, channels: int) -> int:
-        """Cycles of one CONV instruction of GEMM shape P x K x N: its folds, plus issue."""
-        return self.conv_mapping(pixels, reduction, channels).cycles + self.issue_cycles
+    def conv_cycles(self, pixels: int, reduction: int, channels: int, groups: int = 1) -> int:
+        """Cycles of one CONV instruction of `groups` GEMMs of shape P x K x N each (K and N
+        per group): every group's folds one after another, plus issue once.
 
-    def add_cycles(self, elements: int) -> int:
-        """Cycles of one ADD instruction producing `elements` outputs: the vector unit streams
-        `add_lanes` elements per cycle after its pipeline latency."""
-        return _ceil_div(elements, self.add_lanes) + self.add_latency_cycles + self.issue_cycles
+        Each group is its own GEMM on the array: there is no block-diagonal packing of several
+        groups into one fold (SCALE-Sim models no grouped conv either), so a depthwise conv
+        (K = kh*kw, N = 1) uses one column of the array and pays fill and drain per channel.
+        """
+        per_group = self.conv_mapping(pixels, reduction, channels).cycles
+        return groups * per_group + self.issue_cycles
+
+    def add_cycles(self, elements: int, ops: Sequence[str] = ()) -> int:
+        """Cycles of one ADD producing `elements` outputs through the op list `ops` (names):
+        each lane-wide pass of `add_lanes` elements costs the ops' `alu_op_cycles` summed (at
+        least one cycle: an empty list still moves acc to out), then the pipeline latency."""
+        try:
+            per_pass = max(1, sum(self.alu_op_cycles[op] for op in ops))
+        except KeyError as err:
+            raise HardwareConfigError(
+                f"{self.name}: no ALU op {err.args[0]!r}; ops are {list(ALU_OPS)}"
+            ) from None
+        passes = _ceil_div(elements, self.add_lanes)
+        return passes * per_pass + self.add_latency_cycles + self.issue_cycles
 
     def dma_cycles(self, nbytes: int, runs: int = 1) -> int:
         """Cycles of one LOAD or STORE moving `nbytes` of DRAM in `runs` contiguous runs.
@@ -184,22 +206,27 @@ class HardwareConfig:
     def instruction_cycles(self, inst: Instruction, program: Program) -> int:
         """Cycles of any ISA instruction of `program` (the program gives the tensor shapes)."""
         if isinstance(inst, Conv):
-            return self.conv_cycles(*conv_gemm(inst))
+            return self.conv_cycles(*conv_gemm(inst), groups=inst.groups)
         if isinstance(inst, Add):
-            return self.add_cycles(region_size(inst.out.region))
+            return self.add_cycles(region_size(inst.out.region), [op.op for op in inst.ops])
         if isinstance(inst, (Load, Store)):
             dram = inst.src if isinstance(inst, Load) else inst.dst
             return self.region_dma_cycles(dram.region, program.tensors[dram.tensor], program.dtype)
         raise HardwareConfigError(f"no cost for instruction {type(inst).__name__}")
 
-    def capacity(self, buffer: str) -> int:
-        """Bytes of on-chip buffer `buffer`, all its slots together."""
+    def pool_bytes(self, pool: str) -> int:
+        """Bytes of buffer pool `pool` (one of BUFFERS), shared by every buffer drawing on it."""
         try:
-            return self.buffer_bytes[buffer]
+            return self.buffer_bytes[pool]
         except KeyError:
             raise HardwareConfigError(
-                f"{self.name} has no on-chip buffer {buffer!r}; buffers: {list(BUFFERS)}"
+                f"{self.name} has no on-chip buffer pool {pool!r}; pools: {list(BUFFERS)}"
             ) from None
+
+    def capacity(self, buffer: str) -> int:
+        """Bytes of the pool a program buffer draws from ("res_2" -> res, "scale" -> bias):
+        all its slots together, and all other buffers of the pool with it (see `overflowing`)."""
+        return self.pool_bytes(buffer_pool(buffer))
 
     def cycles_to_us(self, cycles: int) -> float:
         """Wall time of `cycles` at the configured clock, for reports."""
@@ -209,6 +236,7 @@ class HardwareConfig:
     def to_dict(self) -> dict[str, Any]:
         data = {f.name: getattr(self, f.name) for f in fields(self)}
         data["buffer_bytes"] = dict(self.buffer_bytes)
+        data["alu_op_cycles"] = dict(self.alu_op_cycles)
         return data
 
     @classmethod
@@ -273,6 +301,7 @@ class HardwareConfig:
             dataflow=dataflow,
             fill_drain=data["fill_drain"],
             dma_bytes_per_cycle=bandwidth,
+            alu_op_cycles=_alu_op_cycles(source, data["alu_op_cycles"]),
             buffer_bytes=capacities,
             dtype=dtype,
             clock_mhz=float(clock),
@@ -284,11 +313,51 @@ def _ceil_div(numerator: int, denominator: int) -> int:
     return -(-numerator // denominator)
 
 
+def _alu_op_cycles(source: str, value: Any) -> dict[str, int]:
+    """`alu_op_cycles`: an object giving every ALU op, and only those, an integer cost."""
+    if not isinstance(value, dict):
+        raise HardwareConfigError(
+            f"{source}: alu_op_cycles {value!r}: must be an object of op -> cycles for "
+            f"{list(ALU_OPS)}"
+        )
+    unknown = sorted(set(value) - set(ALU_OPS))
+    if unknown:
+        raise HardwareConfigError(
+            f"{source}: alu_op_cycles has unknown op(s) {unknown}: the ALU ops are {list(ALU_OPS)}"
+        )
+    missing = [op for op in ALU_OPS if op not in value]
+    if missing:
+        raise HardwareConfigError(
+            f"{source}: alu_op_cycles is missing op(s) {missing}: give cycles for each of "
+            f"{list(ALU_OPS)}"
+        )
+    return {
+        op: _int_field(source, f"alu_op_cycles.{op}", value[op], *_ALU_OP_CYCLES_RANGE)
+        for op in ALU_OPS
+    }
+
+
+def buffer_pool(buffer: str) -> str:
+    """The `buffer_bytes` pool a program buffer draws from: inp, wgt, acc, out their own; the
+    epilogue operands res, res_2, ... from "res"; bias, bias_2, scale, scale_2, ... from "bias"."""
+    if buffer in BUFFERS:
+        return buffer
+    prefix, _, number = buffer.partition("_")
+    numbered = number.isascii() and number.isdigit() and int(number) >= 2
+    if prefix in _POOL_OF_PREFIX and (numbered or buffer == prefix):
+        return _POOL_OF_PREFIX[prefix]
+    raise HardwareConfigError(
+        f"on-chip buffer {buffer!r} draws from no pool: name it one of {list(BUFFERS)}, "
+        "scale, or an epilogue operand's res_<n>, bias_<n>, scale_<n> (n >= 2)"
+    )
+
+
 def conv_gemm(conv: Conv) -> tuple[int, int, int]:
-    """A CONV's GEMM shape (P, K, N): output pixels, reduction C_in*kh*kw, output channels."""
+    """One group's GEMM shape (P, K, N) of a CONV: output pixels, reduction cg*kh*kw (the weight
+    region's C x R x S), output channels per group; the CONV runs `conv.groups` of them."""
     (_, batch), (_, channels), (_, rows), (_, cols) = conv.acc.region
     _, (_, in_channels), (_, kernel_h), (_, kernel_w) = conv.wgt.region
-    return batch * rows * cols, in_channels * kernel_h * kernel_w, channels
+    return batch * rows * cols, in_channels * kernel_h * kernel_w, channels // conv.groups
 
 
 def clip_region(region: Region, shape: Sequence[int]) -> Region | None:

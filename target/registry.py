@@ -10,6 +10,7 @@ import tvm
 
 from tvm_convadd.errors import ConvAddError
 from tvm_convadd.target.hardware import HardwareConfig, list_configs, load_config
+from tvm_convadd.target.isa import ALU_OPS
 
 DEVICE = "convadd_sim"
 TAG_PREFIX = "convadd-sim"
@@ -63,7 +64,8 @@ def hardware_for_target(target: str | tvm.target.Target) -> HardwareConfig:
 def describe_targets() -> str:
     """A table of the registered tags and the numbers behind them (for `tvm-convadd targets`)."""
     head = (
-        f"{'tag':<32} {'array':>6} {'flow':>4} {'fill':>4} {'lanes':>5} {'DMA B/cyc':>9} "
+        f"{'tag':<32} {'array':>6} {'flow':>4} {'fill':>4} {'lanes':>5} {'add/mul/max/min':>15} "
+        f"{'DMA B/cyc':>9} "
         f"{'lat':>4} {'/run':>4} {'acc KiB':>7}  description"
     )
     rows = [head, "-" * len(head)]
@@ -71,9 +73,10 @@ def describe_targets() -> str:
         hw = load_config(name)
         bandwidth = "inf" if hw.dma_bytes_per_cycle is None else str(hw.dma_bytes_per_cycle)
         array = f"{hw.array_rows}x{hw.array_cols}"
+        alu = "/".join(str(hw.alu_op_cycles[op]) for op in ALU_OPS)
         rows.append(
             f"{tag:<32} {array:>6} {hw.dataflow:>4} {'yes' if hw.fill_drain else 'no':>4} "
-            f"{hw.add_lanes:>5} {bandwidth:>9} {hw.dma_latency_cycles:>4} "
+            f"{hw.add_lanes:>5} {alu:>15} {bandwidth:>9} {hw.dma_latency_cycles:>4} "
             f"{hw.dma_run_cycles:>4} {hw.capacity('acc') // 1024:>7}  {hw.description}"
         )
     return "\n".join(rows)

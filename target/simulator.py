@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, NamedTuple
 import numpy as np
 
 from tvm_convadd.errors import BufferOverflowError, DeadlockError, HazardError, ProgramError
+from tvm_convadd.target.hardware import buffer_pool
 from tvm_convadd.target.isa import (
     UNITS,
     Add,
@@ -199,15 +200,24 @@ def _run(
 
 
 def overflowing(program: Program, hardware: HardwareConfig) -> dict[str, tuple[int, int]]:
-    """Buffers whose slots do not fit: name -> (bytes needed, bytes available).
+    """Buffer pools whose buffers' slots together do not fit: label -> (bytes needed, available).
 
-    The one definition of "fits": the lowering's advice and the tuner's filter use it too.
+    The label is the pool's name, followed by its buffers when they are not just the pool's
+    namesake: "res (res + res_2)", "bias (bias + scale)". The one definition of "fits": the
+    lowering's advice and the tuner's filter use it too.
     """
-    over = {}
+    members: dict[str, list[str]] = {}
+    need: dict[str, int] = {}
     for name, decl in program.buffers.items():
-        need, available = decl.slots * decl.slot_bytes, hardware.capacity(name)
-        if need > available:
-            over[name] = (need, available)
+        pool = buffer_pool(name)
+        members.setdefault(pool, []).append(name)
+        need[pool] = need.get(pool, 0) + decl.slots * decl.slot_bytes
+    over = {}
+    for pool, names in members.items():
+        available = hardware.pool_bytes(pool)
+        if need[pool] > available:
+            label = pool if names == [pool] else f"{pool} ({' + '.join(names)})"
+            over[label] = (need[pool], available)
     return over
 
 
@@ -220,12 +230,16 @@ def check_capacity(program: Program, hardware: HardwareConfig) -> None:
         )
     over = overflowing(program, hardware)
     if over:
-        name, (need, available) = next(iter(over.items()))
-        decl = program.buffers[name]
+        label, (need, available) = next(iter(over.items()))
+        pool = label.split(" ")[0]
+        parts = ", ".join(
+            f"{name} {decl.slots} slot(s) of {list(decl.shape)} {decl.dtype}"
+            for name, decl in program.buffers.items()
+            if buffer_pool(name) == pool
+        )
         raise BufferOverflowError(
-            f"buffer {name!r} needs {need} bytes ({decl.slots} slot(s) of "
-            f"{list(decl.shape)} {decl.dtype}) but {hardware.name} has {available}: "
-            "use more (smaller) tiles or a configuration with a bigger buffer"
+            f"buffer pool {pool!r} needs {need} bytes ({parts}) but {hardware.name} has "
+            f"{available}: use more (smaller) tiles or a configuration with a bigger buffer"
         )
 
 
@@ -257,9 +271,10 @@ def _prepare(
             key = (kind, inst.src.buffer, inst.src.region, inst.dst.tensor, inst.dst.region)
         elif kind is Conv:
             key = (kind, inst.inp.region, inst.wgt.region, inst.acc.region, inst.stride)
+            key += (inst.groups,)
         elif kind is Add:
-            bias = inst.bias.region if inst.bias is not None else None
-            key = (kind, inst.acc.region, inst.res.region, inst.out.region, bias)
+            ops = tuple((op.op, op.src.region if op.src else op.value) for op in inst.ops)
+            key = (kind, inst.acc.region, inst.out.region, ops)
         else:
             raise ProgramError(f"{unit}#{index}: unknown instruction {kind.__name__}")
         cost = costs.get(key)
@@ -309,23 +324,33 @@ def _check_shapes(inst, where: str) -> None:
     if isinstance(inst, Store):
         pairs = [("src", inst.src.region), ("dst", inst.dst.region)]
     elif isinstance(inst, Add):
-        pairs = [("acc", inst.acc.region), ("res", inst.res.region), ("out", inst.out.region)]
-        if inst.bias is not None:
-            channels = _extents(inst.acc.region)[1] if len(inst.acc.region) == 4 else None
-            if _extents(inst.bias.region) != (1, channels, 1, 1):
-                raise ProgramError(
-                    f"{where} ADD: bias region {_extents(inst.bias.region)} must be "
-                    f"(1, {channels}, 1, 1) to broadcast over the acc region"
-                )
+        pairs = [("acc", inst.acc.region), ("out", inst.out.region)]
+        out = _extents(inst.out.region)
+        for index, op in enumerate(inst.ops):
+            if op.kind == "tensor":
+                pairs.append((f"ops[{index}].src", op.src.region))
+            elif op.kind == "channel":
+                vector = (1, out[1], 1, 1) if len(out) == 4 else None
+                if _extents(op.src.region) != vector:
+                    raise ProgramError(
+                        f"{where} ADD.ops[{index}]: {op.op} channel src extents "
+                        f"{_extents(op.src.region)} must be {vector} to broadcast over out {out}"
+                    )
     elif isinstance(inst, Conv):
         inp, wgt, acc = (_extents(s.region) for s in (inst.inp, inst.wgt, inst.acc))
         if len(inp) != 4 or len(wgt) != 4 or len(acc) != 4:
             raise ProgramError(f"{where} CONV: inp, wgt and acc regions must be 4-d (NCHW, OIHW)")
         if len(inst.stride) != 2 or min(inst.stride) < 1:
             raise ProgramError(f"{where} CONV: stride {inst.stride}: give two integers >= 1")
-        if wgt[1] != inp[1]:
+        groups = inst.groups
+        if acc[1] % groups:
             raise ProgramError(
-                f"{where} CONV: weight region has {wgt[1]} input channels, input region {inp[1]}"
+                f"{where} CONV: acc region has {acc[1]} channels, not a multiple of groups {groups}"
+            )
+        if inp[1] != groups * wgt[1]:
+            raise ProgramError(
+                f"{where} CONV: input region has {inp[1]} channels, groups {groups} x weight "
+                f"region's {wgt[1]} = {groups * wgt[1]} expected"
             )
         (stride_h, stride_w), (_, _, kernel_h, kernel_w) = inst.stride, wgt
         if inp[2] < kernel_h or inp[3] < kernel_w:
@@ -530,15 +555,14 @@ class _Functional:
     def execute(self, inst) -> None:
         if isinstance(inst, Conv):
             self.view(inst.acc)[...] = _conv2d(
-                self.view(inst.inp), self.view(inst.wgt), inst.stride
+                self.view(inst.inp), self.view(inst.wgt), inst.stride, inst.groups
             )
         elif isinstance(inst, Add):
-            total = self.view(inst.acc).astype(np.float64) + self.view(inst.res)
-            if inst.bias is not None:
-                total += self.view(inst.bias)
-            if inst.relu:
-                np.maximum(total, 0, out=total)
-            self.view(inst.out)[...] = total
+            value = self.view(inst.acc).astype(np.float64)
+            for op in inst.ops:
+                operand = op.value if op.src is None else self.view(op.src)
+                value = _ALU[op.op](value, operand)  # float64: operands upcast, one final cast
+            self.view(inst.out)[...] = value
         elif isinstance(inst, Load):
             data = self.dram[inst.src.tensor][_slices(inst.src.region)]
             dst = self.view(inst.dst)
@@ -577,21 +601,29 @@ def _slices(region) -> tuple[slice, ...]:
     return tuple(slice(start, start + extent) for start, extent in region)
 
 
-def _conv2d(inp: np.ndarray, wgt: np.ndarray, stride: tuple[int, int]) -> np.ndarray:
-    """Unpadded NCHW x OIHW conv, one einsum per kernel tap with float64 accumulation."""
-    _, _, height, width = inp.shape
-    _, _, kernel_h, kernel_w = wgt.shape
+_ALU = {"add": np.add, "mul": np.multiply, "max": np.maximum, "min": np.minimum}
+
+
+def _conv2d(
+    inp: np.ndarray, wgt: np.ndarray, stride: tuple[int, int], groups: int = 1
+) -> np.ndarray:
+    """Unpadded grouped NCHW x OIHW conv, one einsum per kernel tap over every group at once,
+    with float64 accumulation: output channel j of group j // ng sees that group's cg inputs."""
+    batch, _, height, width = inp.shape
+    out_channels, group_channels, kernel_h, kernel_w = wgt.shape
     stride_h, stride_w = stride
     out_h = (height - kernel_h) // stride_h + 1
     out_w = (width - kernel_w) // stride_w + 1
-    out = np.zeros((inp.shape[0], wgt.shape[0], out_h, out_w))
+    per_group = out_channels // groups
+    inp = inp.astype(np.float64).reshape(batch, groups, group_channels, height, width)
+    wgt = wgt.astype(np.float64).reshape(groups, per_group, group_channels, kernel_h, kernel_w)
+    out = np.zeros((batch, groups, per_group, out_h, out_w))
     for ry in range(kernel_h):
         for rx in range(kernel_w):
             window = inp[
-                :,
-                :,
+                ...,
                 ry : ry + (out_h - 1) * stride_h + 1 : stride_h,
                 rx : rx + (out_w - 1) * stride_w + 1 : stride_w,
             ]
-            out += np.einsum("nchw,kc->nkhw", window, wgt[:, :, ry, rx], optimize=True)
-    return out
+            out += np.einsum("ngchw,gkc->ngkhw", window, wgt[..., ry, rx], optimize=True)
+    return out.reshape(batch, out_channels, out_h, out_w)

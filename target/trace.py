@@ -44,8 +44,9 @@ def chrome_trace(result: SimResult, program: Program | None = None) -> dict:
             args.update({name: str(op) for name, op in inst.operands().items() if op is not None})
             if isinstance(inst, Conv):
                 args["stride"] = list(inst.stride)
+                args["groups"] = inst.groups
             if isinstance(inst, Add):
-                args["relu"] = inst.relu
+                args["expression"] = f"{inst.out} = {inst.expression()}"
             args["wait"] = list(inst.wait)
             args["signal"] = list(inst.signal)
         events.append(
