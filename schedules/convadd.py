@@ -1,12 +1,15 @@
-"""The hand-written schedule: N output tiles, a ping/pong accumulator, Conv and Add pipelined.
+"""The hand-written schedule: a grid of output tiles, a ping/pong accumulator, Conv and Add
+pipelined.
 
-Every tile runs five stages, each one block that maps to one accelerator instruction:
-LOAD the padded input tile, CONV into the accumulator, LOAD the residual tile, ADD the epilogue
-into the output tile, STORE it. Weights (and bias) are loaded once, or per tile when the
-output channels are tiled. The pipeline then overlaps the Conv of tile i+1 with the Add of
-tile i, either with TVM's software pipelining (stages 0/1/2, InjectSoftwarePipeline versions
-every buffer that crosses a stage into two slots) or with two virtual threads (each owns a copy
-of the per-tile buffers).
+Every tile runs its stages, each one block that maps to one accelerator instruction: LOAD the
+padded input tile, CONV into the accumulator, LOAD each tensor operand of the epilogue (a
+residual), ADD the epilogue chain into the output tile, STORE it. Weights and the epilogue's
+per-channel operands (bias, scale) are loaded once, or per tile when the output channels are
+tiled. A 2-D grid (a spatial axis and `channel_tiles`) fuses its two tile loops into one in the
+config's order, so the pipeline sees one loop of tiles. The pipeline then overlaps the Conv of
+tile i+1 with the Add of tile i, either with TVM's software pipelining (stages 0/1/2,
+InjectSoftwarePipeline versions every buffer that crosses a stage into two slots) or with two
+virtual threads (each owns a copy of the per-tile buffers).
 """
 
 from __future__ import annotations
@@ -20,10 +23,20 @@ from tvm_convadd.errors import TileConfigError
 from tvm_convadd.schedules.primfunc import ADD, CONV, PAD, convadd_primfunc
 from tvm_convadd.schedules.tile_config import TileConfig
 from tvm_convadd.schedules.workload import Workload
-from tvm_convadd.target.annotations import BUFFER_ATTR, STAGE_ROOT_ATTR, TILE_LOOP_ATTR, UNIT_ATTR
+from tvm_convadd.target.annotations import (
+    BUFFER_ATTR,
+    EPILOGUE_KINDS,
+    STAGE_ROOT_ATTR,
+    TILE_LOOP_ATTR,
+    UNIT_ATTR,
+    epilogue_family,
+    operand_buffer,
+)
 
 # Software-pipeline stage of each per-tile stage: load(i+2) | conv(i+1) + load res | add(i).
-PIPELINE_STAGE = {"inp": 0, "wgt": 0, "bias": 0, "acc": 1, "res": 1, "out": 2, "store": 2}
+PIPELINE_STAGE = {"inp": 0, "wgt": 0, "channel": 0, "acc": 1, "tensor": 1, "out": 2, "store": 2}
+# Producer-first order of a tile's stages (compute_at then runs it in reverse).
+PROGRAM_ORDER = ("wgt", "channel", "inp", "acc", "tensor", "out")
 
 
 @dataclass(frozen=True)
@@ -34,6 +47,12 @@ class Stage:
     unit: str
     buffer: str
 
+    @property
+    def role(self) -> str:
+        """The buffer, or for an epilogue operand what it holds: "tensor" or "channel"."""
+        family = epilogue_family(self.buffer)
+        return self.buffer if family is None else EPILOGUE_KINDS[family]
+
 
 def schedule_convadd(workload: Workload, config: TileConfig) -> s_tir.Schedule:
     """Schedule `convadd_primfunc(workload)` for `config` (validated against the workload)."""
@@ -41,9 +60,9 @@ def schedule_convadd(workload: Workload, config: TileConfig) -> s_tir.Schedule:
     sch = s_tir.Schedule(tvm.IRModule({"main": convadd_primfunc(workload)}))
     stages = _add_cache_stages(sch, workload)
     tile_loop = _split_tiles(sch, config)
-    per_tile = [s for s in stages if s.buffer in ("inp", "acc", "res", "out")]
-    if config.axis == "channel":
-        per_tile += [s for s in stages if s.buffer in ("wgt", "bias")]
+    per_tile = [s for s in stages if s.role in ("inp", "acc", "tensor", "out")]
+    if config.channel_count > 1:
+        per_tile += [s for s in stages if s.role in ("wgt", "channel")]
     for stage in reversed(_program_order(per_tile)):
         sch.compute_at(sch.get_sblock(stage.block), tile_loop, preserve_unit_loops=True)
     for stage in stages:
@@ -51,7 +70,7 @@ def schedule_convadd(workload: Workload, config: TileConfig) -> s_tir.Schedule:
         sch.annotate(block, UNIT_ATTR, stage.unit)
         sch.annotate(block, BUFFER_ATTR, stage.buffer)
         sch.annotate(_stage_root(sch, block, tile_loop), STAGE_ROOT_ATTR, stage.buffer)
-    sch.annotate(tile_loop, TILE_LOOP_ATTR, config.n_tiles)
+    sch.annotate(tile_loop, TILE_LOOP_ATTR, config.total_tiles)
     _pipeline(sch, tile_loop, config)
     return sch
 
@@ -59,22 +78,22 @@ def schedule_convadd(workload: Workload, config: TileConfig) -> s_tir.Schedule:
 def _add_cache_stages(sch: s_tir.Schedule, workload: Workload) -> list[Stage]:
     """Give every operand an on-chip buffer: cache-read each input, cache-write the output."""
     wgt = sch.cache_read(CONV, "weight", "local.wgt")
-    res = sch.cache_read(ADD, "residual", "local.res")
+    operands = []
+    for name in workload.operand_shapes:
+        buffer = operand_buffer(name)
+        block = sch.cache_read(ADD, name, f"local.{buffer}")
+        operands.append(Stage(sch.get(block).name_hint, "load", buffer))
     store = sch.cache_write(ADD, 0, "local.out")
     sch.set_scope(PAD, 0, "local.inp")
     sch.set_scope(CONV, 0, "local.acc")
-    stages = [
+    return [
         Stage(sch.get(wgt).name_hint, "load", "wgt"),
         Stage(PAD, "load", "inp"),
         Stage(CONV, "conv", "acc"),
-        Stage(sch.get(res).name_hint, "load", "res"),
+        *operands,
         Stage(ADD, "add", "out"),
         Stage(sch.get(store).name_hint, "store", "store"),
     ]
-    if workload.bias:
-        bias = sch.cache_read(ADD, "bias", "local.bias")
-        stages.insert(0, Stage(sch.get(bias).name_hint, "load", "bias"))
-    return stages
 
 
 def _stage_root(sch: s_tir.Schedule, block, tile_loop) -> s_tir.schedule.LoopRV:
@@ -86,22 +105,32 @@ def _stage_root(sch: s_tir.Schedule, block, tile_loop) -> s_tir.schedule.LoopRV:
 
 
 def _program_order(stages: list[Stage]) -> list[Stage]:
-    """Producer-first order of the per-tile stages (compute_at then runs it in reverse)."""
-    order = ["wgt", "bias", "inp", "acc", "res", "out"]
-    return sorted(stages, key=lambda s: order.index(s.buffer))
+    """Producer-first order of the per-tile stages, operands of one role in chain order."""
+    return sorted(stages, key=lambda s: PROGRAM_ORDER.index(s.role))
 
 
 def _split_tiles(sch: s_tir.Schedule, config: TileConfig) -> s_tir.schedule.LoopRV:
-    """Split the tiled axis of the store block into N tiles and hoist the tile loop outermost."""
+    """Split the store block's output into the config's tiles and hoist one tile loop outermost
+    (a 2-D grid's two tile loops fused, the fastest index last)."""
     store = sch.get_child_blocks(sch.get_sblock("root"))[-1]
     batch, channel, height, width = sch.get_loops(store)
-    axis = {"height": height, "width": width, "channel": channel}[config.axis]
-    tile, inner = sch.split(axis, [config.n_tiles, None])
-    rest = [loop for loop in (channel, height, width) if loop != axis]
     if config.axis == "channel":
-        sch.reorder(batch, tile, inner, *rest)
+        tile, inner = sch.split(channel, [config.n_tiles, None])
+        sch.reorder(batch, tile, inner, height, width)
     else:
-        sch.reorder(batch, tile, channel, *[loop for loop in (height, width) if loop != axis])
+        spatial = height if config.axis == "height" else width
+        spatial_tile, spatial_inner = sch.split(spatial, [config.n_tiles, None])
+        pixels = (spatial_inner, width) if config.axis == "height" else (height, spatial_inner)
+        if config.channel_tiles == 1:
+            tile = spatial_tile
+            sch.reorder(batch, tile, channel, *pixels)
+        else:
+            channel_tile, channel_inner = sch.split(channel, [config.channel_tiles, None])
+            grid = (spatial_tile, channel_tile)
+            if config.order == "channel_outer":
+                grid = grid[::-1]
+            sch.reorder(batch, *grid, channel_inner, *pixels)
+            tile = sch.fuse(*grid)
     if config.pipeline == "vthread":
         _, slot = sch.split(tile, [None, 2])
         return slot
@@ -111,8 +140,8 @@ def _split_tiles(sch: s_tir.Schedule, config: TileConfig) -> s_tir.schedule.Loop
 def _pipeline(sch: s_tir.Schedule, tile_loop, config: TileConfig) -> None:
     if config.pipeline == "software":
         body = sch.get_child_blocks(tile_loop)
-        buffers = [str(sch.get(b).annotations[BUFFER_ATTR]) for b in body]
-        sch.annotate(tile_loop, "software_pipeline_stage", [PIPELINE_STAGE[b] for b in buffers])
+        roles = [Stage("", "", str(sch.get(b).annotations[BUFFER_ATTR])).role for b in body]
+        sch.annotate(tile_loop, "software_pipeline_stage", [PIPELINE_STAGE[r] for r in roles])
         sch.annotate(tile_loop, "software_pipeline_order", list(range(len(body))))
     elif config.pipeline == "vthread":
         sch.bind(tile_loop, "vthread.x")

@@ -1,4 +1,4 @@
-"""The unscheduled TensorIR of a fused conv2d + add, built from TE with stable block names."""
+"""The unscheduled TensorIR of a fused conv2d + epilogue, built from TE with stable block names."""
 
 from __future__ import annotations
 
@@ -10,15 +10,24 @@ from tvm_convadd.schedules.workload import Workload
 # Block names the schedule and the lowering rely on.
 PAD, CONV, ADD = "pad", "conv", "add"
 
+_ALU = {
+    "add": lambda value, operand: value + operand,
+    "mul": lambda value, operand: value * operand,
+    "max": tvm.tirx.max,
+    "min": tvm.tirx.min,
+}
+
 
 def convadd_primfunc(workload: Workload) -> tvm.tirx.PrimFunc:
-    """pad -> conv -> add(+bias, +residual, relu): one PrimFunc whose params follow
-    `Workload.input_shapes` and then the output."""
+    """pad -> grouped conv -> add (the epilogue chain, in order): one PrimFunc whose params are
+    `Workload.input_names` and then the output."""
     wl = workload
     data = te.placeholder(wl.data_shape, wl.dtype, name="data")
     weight = te.placeholder(wl.weight_shape, wl.dtype, name="weight")
-    bias = te.placeholder(wl.bias_shape, wl.dtype, name="bias") if wl.bias else None
-    residual = te.placeholder(wl.out_shape, wl.dtype, name="residual")
+    operands = {
+        name: te.placeholder(shape, wl.dtype, name=name)
+        for name, shape in wl.operand_shapes.items()
+    }
     top, left, _, _ = wl.padding
     height, width = wl.in_height, wl.in_width
     zero = tvm.tirx.const(0, wl.dtype)
@@ -30,14 +39,20 @@ def convadd_primfunc(workload: Workload) -> tvm.tirx.PrimFunc:
     padded = te.compute(
         (wl.batch, wl.in_channels, wl.padded_height, wl.padded_width), padded_value, name=PAD
     )
-    rc = te.reduce_axis((0, wl.in_channels), name="rc")
+    group_in, group_out = wl.group_in_channels, wl.group_out_channels
+    rc = te.reduce_axis((0, group_in), name="rc")
     ry = te.reduce_axis((0, wl.kernel_h), name="ry")
     rx = te.reduce_axis((0, wl.kernel_w), name="rx")
     stride_h, stride_w = wl.stride
+
+    def channel(k):
+        """The input channel of reduction step rc for output channel k: its group's rc-th."""
+        return rc if wl.groups == 1 else (k // group_out) * group_in + rc
+
     conv = te.compute(
         wl.out_shape,
         lambda n, k, h, w: te.sum(
-            padded[n, rc, h * stride_h + ry, w * stride_w + rx] * weight[k, rc, ry, rx],
+            padded[n, channel(k), h * stride_h + ry, w * stride_w + rx] * weight[k, rc, ry, rx],
             axis=[rc, ry, rx],
         ),
         name=CONV,
@@ -45,11 +60,16 @@ def convadd_primfunc(workload: Workload) -> tvm.tirx.PrimFunc:
 
     def epilogue(n, k, h, w):
         value = conv[n, k, h, w]
-        if bias is not None:
-            value = value + bias[0, k, 0, 0]
-        value = value + residual[n, k, h, w]
-        return tvm.tirx.max(value, zero) if wl.relu else value
+        for op, name in zip(wl.epilogue, wl.operand_names):
+            if op.kind == "const":
+                operand = tvm.tirx.const(op.value, wl.dtype)
+            elif op.kind == "channel":
+                operand = operands[name][0, k, 0, 0]
+            else:
+                operand = operands[name][n, k, h, w]
+            value = _ALU[op.op](value, operand)
+        return value
 
     out = te.compute(wl.out_shape, epilogue, name=ADD)
-    params = [data, weight, *([bias] if bias is not None else []), residual, out]
+    params = [data, weight, *operands.values(), out]
     return te.create_prim_func(params).with_attr("global_symbol", "main")
