@@ -15,7 +15,7 @@ field, never later inside the simulator.
 from __future__ import annotations
 
 import json
-import math
+import sys
 from dataclasses import MISSING, dataclass, field
 from typing import ClassVar
 
@@ -26,6 +26,7 @@ Region = tuple[tuple[int, int], ...]  # (start, extent) per dimension
 DTYPES = ("float16", "float32", "float64")  # element types a buffer or program may have
 ALU_OPS = ("add", "mul", "max", "min")  # the Add unit's vector ALU (VTA's ALU: add/mul/max/min)
 ALU_KINDS = ("tensor", "channel", "const")  # operand: out-shaped, (1, C, 1, 1), or a scalar
+_LARGEST_FLOAT = sys.float_info.max  # a const beyond it (or nan) is no finite float64
 
 
 def _show(value) -> str:
@@ -317,7 +318,7 @@ class AluOp:
         op, kind = _str(data["op"], f"{what}.op"), _str(data["kind"], f"{what}.kind")
         if kind == "const":
             value = data.get("value")
-            ok = type(value) in (int, float) and math.isfinite(value)
+            ok = type(value) in (int, float) and abs(value) <= _LARGEST_FLOAT  # no inf, nan
             if not ok or "src" in data:
                 raise ProgramError(
                     f"{what}: const ALU op value {_show(value)}: give a finite number and no src"

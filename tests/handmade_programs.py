@@ -1,8 +1,9 @@
-"""Hand-built conv+add programs and their numpy reference, independent of the lowering.
+"""Hand-built conv+epilogue programs and their numpy reference, independent of the lowering.
 
 `tiled_convadd_program` writes by hand what the lowering should produce: the output split
 over its height into tiles, the accumulator (and the input, residual and output tiles) in
-`slots` ping/pong slots, and the tokens that make slot reuse safe.
+`slots` ping/pong slots, and the tokens that make slot reuse safe. The epilogue is the
+batch-norm-folded chain [* scale] [+ bias] [+ residual] [relu] [min clip].
 """
 
 from __future__ import annotations
@@ -11,12 +12,13 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from tvm_convadd.target.isa import Add, BufferDecl, Conv, Dram, Load, Program, Slot, Store
+from tvm_convadd.target.isa import Add, AluOp, BufferDecl, Conv, Dram, Load, Program, Slot, Store
 
 
 @dataclass(frozen=True)
 class ConvAddShape:
-    """conv2d(data, weight, stride, padding) [+ bias] + residual [relu], NCHW / OIHW."""
+    """grouped conv2d(data, weight, stride, padding) [* scale] [+ bias] [+ residual] [relu]
+    [min clip], NCHW / OIHW."""
 
     batch: int = 1
     in_channels: int = 16
@@ -28,6 +30,10 @@ class ConvAddShape:
     padding: int = 1
     bias: bool = True
     relu: bool = False
+    groups: int = 1
+    scale: bool = False
+    residual: bool = True
+    clip: float | None = None
 
     @property
     def out_height(self) -> int:
@@ -42,8 +48,12 @@ class ConvAddShape:
         return (self.batch, self.out_channels, self.out_height, self.out_width)
 
     @property
+    def group_in_channels(self) -> int:
+        return self.in_channels // self.groups
+
+    @property
     def macs(self) -> int:
-        rows = self.in_channels * self.kernel * self.kernel
+        rows = self.group_in_channels * self.kernel * self.kernel
         return self.batch * self.out_channels * self.out_height * self.out_width * rows
 
     @property
@@ -53,12 +63,13 @@ class ConvAddShape:
     def tensor_shapes(self) -> dict[str, tuple[int, ...]]:
         shapes = {
             "data": (self.batch, self.in_channels, self.height, self.width),
-            "weight": (self.out_channels, self.in_channels, self.kernel, self.kernel),
-            "residual": self.output_shape,
+            "weight": (self.out_channels, self.group_in_channels, self.kernel, self.kernel),
             "output": self.output_shape,
         }
-        if self.bias:
-            shapes["bias"] = (1, self.out_channels, 1, 1)
+        vector = (1, self.out_channels, 1, 1)
+        shapes |= {"scale": vector} if self.scale else {}
+        shapes |= {"bias": vector} if self.bias else {}
+        shapes |= {"residual": self.output_shape} if self.residual else {}
         return shapes
 
 
@@ -75,21 +86,23 @@ def tiled_convadd_program(shape: ConvAddShape, tiles: int, slots: int = 2) -> Pr
     padded_width = s.width + 2 * s.padding
     in_rows = (tile_rows - 1) * s.stride + s.kernel
     out_tile = (s.batch, s.out_channels, tile_rows, s.out_width)
+    shapes = s.tensor_shapes()
     buffers = {
         "inp": BufferDecl((s.batch, s.in_channels, in_rows, padded_width), slots),
-        "wgt": BufferDecl((s.out_channels, s.in_channels, s.kernel, s.kernel), 1),
+        "wgt": BufferDecl(shapes["weight"], 1),
         "acc": BufferDecl(out_tile, slots),
-        "res": BufferDecl(out_tile, slots),
         "out": BufferDecl(out_tile, slots),
     }
-    if s.bias:
-        buffers["bias"] = BufferDecl((1, s.out_channels, 1, 1), 1)
+    if s.residual:
+        buffers["res"] = BufferDecl(out_tile, slots)
     weight = Slot("wgt", 0, _full(buffers["wgt"].shape))
-    bias = Slot("bias", 0, _full(buffers["bias"].shape)) if s.bias else None
-
     load = [Load(dst=weight, src=Dram("weight", weight.region))]
-    if bias is not None:
-        load.append(Load(dst=bias, src=Dram("bias", bias.region)))
+    vectors = {}  # tensor name -> its on-chip slot, loaded once
+    for name in ("scale", "bias"):
+        if name in shapes:
+            buffers[name] = BufferDecl(shapes[name], 1)
+            vectors[name] = Slot(name, 0, _full(shapes[name]))
+            load.append(Load(dst=vectors[name], src=Dram(name, vectors[name].region)))
     conv, add, store = [], [], []
     for tile, (row, rows) in enumerate(bounds):
         slot = tile % slots
@@ -108,32 +121,36 @@ def tiled_convadd_program(shape: ConvAddShape, tiles: int, slots: int = 2) -> Pr
         inp, acc = Slot("inp", slot, in_region), Slot("acc", slot, out_region)
         res, out = Slot("res", slot, out_region), Slot("out", slot, out_region)
         data = Dram("data", dram_in)  # the window runs into the padding: clip it, pad the rest
-        shapes = s.tensor_shapes()
         load.append(
             Load.padded(inp, data, shapes["data"], wait=("conv",) * reused, signal=("conv",))
         )
-        load.append(
-            Load(dst=res, src=Dram("residual", dram_out), wait=("add",) * reused, signal=("add",))
-        )
+        if s.residual:
+            residual = Dram("residual", dram_out)
+            load.append(Load(dst=res, src=residual, wait=("add",) * reused, signal=("add",)))
         conv.append(
             Conv(
                 inp=inp,
                 wgt=weight,
                 acc=acc,
                 stride=(s.stride, s.stride),
+                groups=s.groups,
                 wait=("load",) + ("add",) * reused,
                 signal=("load",) * freed + ("add",),
             )
         )
+        ops = [AluOp("mul", "channel", vectors["scale"])] if s.scale else []
+        ops += [AluOp("add", "channel", vectors["bias"])] if s.bias else []
+        ops += [AluOp("add", "tensor", res)] if s.residual else []
+        ops += [AluOp("max", "const", value=0.0)] if s.relu else []
+        ops += [AluOp("min", "const", value=s.clip)] if s.clip is not None else []
+        load_token = ("load",) * s.residual  # the residual tile is the add's only per-tile load
         add.append(
             Add(
                 acc=acc,
-                res=res,
                 out=out,
-                bias=bias,
-                relu=s.relu,
-                wait=("conv", "load") + ("store",) * reused,
-                signal=("conv", "load") * freed + ("store",),
+                ops=tuple(ops),
+                wait=("conv", *load_token) + ("store",) * reused,
+                signal=("conv", *load_token) * freed + ("store",),
             )
         )
         store.append(
@@ -141,7 +158,7 @@ def tiled_convadd_program(shape: ConvAddShape, tiles: int, slots: int = 2) -> Pr
         )
     streams = {"load": tuple(load), "conv": tuple(conv), "add": tuple(add), "store": tuple(store)}
     meta = {"shape": repr(shape), "tiles": count, "slots": slots}
-    return Program(streams, buffers, s.tensor_shapes(), meta=meta)
+    return Program(streams, buffers, shapes, meta=meta)
 
 
 def with_instruction(program: Program, unit: str, index: int, **changes) -> Program:
@@ -155,7 +172,7 @@ def with_instruction(program: Program, unit: str, index: int, **changes) -> Prog
 def random_tensors(shape: ConvAddShape, seed: int = 0) -> dict[str, np.ndarray]:
     """Inputs with O(1) outputs (weights scaled by fan-in); "output" is left to the program."""
     rng = np.random.default_rng(seed)
-    fan_in = shape.in_channels * shape.kernel * shape.kernel
+    fan_in = shape.group_in_channels * shape.kernel * shape.kernel
     tensors = {
         name: rng.standard_normal(dims).astype(np.float32)
         for name, dims in shape.tensor_shapes().items()
@@ -166,18 +183,29 @@ def random_tensors(shape: ConvAddShape, seed: int = 0) -> dict[str, np.ndarray]:
 
 
 def reference_convadd(shape: ConvAddShape, tensors: dict[str, np.ndarray]) -> np.ndarray:
-    """conv2d [+ bias] + residual [+ relu] in float64 with explicit loops over the kernel."""
+    """The grouped conv (one group at a time, explicit loops over the kernel) and the epilogue
+    chain, in float64."""
     s = shape
     pad = s.padding
     data = np.pad(tensors["data"].astype(np.float64), ((0, 0), (0, 0), (pad, pad), (pad, pad)))
     weight = tensors["weight"].astype(np.float64)
     out = np.zeros(s.output_shape)
-    for ry in range(s.kernel):
-        for rx in range(s.kernel):
-            rows = data[:, :, ry : ry + s.stride * (s.out_height - 1) + 1 : s.stride]
-            window = rows[:, :, :, rx : rx + s.stride * (s.out_width - 1) + 1 : s.stride]
-            out += np.tensordot(window, weight[:, :, ry, rx], axes=([1], [1])).transpose(0, 3, 1, 2)
+    cg, ng = s.group_in_channels, s.out_channels // s.groups
+    for group in range(s.groups):
+        inputs = data[:, group * cg : (group + 1) * cg]
+        outputs = slice(group * ng, (group + 1) * ng)
+        for ry in range(s.kernel):
+            for rx in range(s.kernel):
+                rows = inputs[:, :, ry : ry + s.stride * (s.out_height - 1) + 1 : s.stride]
+                window = rows[:, :, :, rx : rx + s.stride * (s.out_width - 1) + 1 : s.stride]
+                taps = weight[outputs, :, ry, rx]
+                out[:, outputs] += np.tensordot(window, taps, axes=([1], [1])).transpose(0, 3, 1, 2)
+    if s.scale:
+        out *= tensors["scale"]
     if s.bias:
         out += tensors["bias"]
-    out += tensors["residual"]
-    return np.maximum(out, 0) if s.relu else out
+    if s.residual:
+        out += tensors["residual"]
+    if s.relu:
+        out = np.maximum(out, 0)
+    return out if s.clip is None else np.minimum(out, s.clip)

@@ -7,6 +7,7 @@ import itertools
 
 import numpy as np
 import pytest
+import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -17,9 +18,26 @@ from tests.handmade_programs import (
     tiled_convadd_program,
     with_instruction,
 )
-from tvm_convadd.errors import BufferOverflowError, DeadlockError, HazardError, ProgramError
+from tvm_convadd.errors import (
+    BufferOverflowError,
+    DeadlockError,
+    HardwareConfigError,
+    HazardError,
+    ProgramError,
+)
 from tvm_convadd.target.hardware import HardwareConfig, load_config
-from tvm_convadd.target.isa import UNITS, BufferDecl, Conv, Dram, Load, Program, Slot, Store
+from tvm_convadd.target.isa import (
+    UNITS,
+    Add,
+    AluOp,
+    BufferDecl,
+    Conv,
+    Dram,
+    Load,
+    Program,
+    Slot,
+    Store,
+)
 from tvm_convadd.target.simulator import SimResult, overflowing, simulate
 
 SHAPES = [
@@ -29,9 +47,12 @@ SHAPES = [
     ConvAddShape(in_channels=2, height=10, width=6, out_channels=2, kernel=1, stride=2, padding=0),
     ConvAddShape(in_channels=3, height=6, width=6, out_channels=4, kernel=3, padding=0, bias=False),
     ConvAddShape(in_channels=3, height=11, width=9, out_channels=8, stride=2, relu=True),
+    ConvAddShape(in_channels=6, height=7, width=6, out_channels=4, groups=2, scale=True, clip=1.0),
+    ConvAddShape(in_channels=5, height=8, width=5, out_channels=5, groups=5, residual=False),
+    ConvAddShape(in_channels=3, height=6, width=6, out_channels=6, groups=3, stride=2, relu=True),
 ]
-# 16x16 output, 16 -> 16 channels, 3x3: A = 2304 and B = 256 cycles on `ideal`, both divisible
-# by every N in {1, 2, 4, 8} and B < A (conv-dominated).
+# 16x16 output, 16 -> 16 channels, 3x3, + bias + residual: A = 2304 and B = 16 passes x 2 ops
+# x 16 = 512 cycles on `ideal`, both divisible by every N in {1, 2, 4, 8} and B < A.
 EXACT = ConvAddShape()
 
 
@@ -57,7 +78,9 @@ def _check_output(shape: ConvAddShape, program: Program, hardware: HardwareConfi
 
 @pytest.mark.parametrize("slots", [1, 2])
 @pytest.mark.parametrize("tiles", [1, 2, 3])
-@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: f"k{s.kernel}s{s.stride}p{s.padding}")
+@pytest.mark.parametrize(
+    "shape", SHAPES, ids=lambda s: f"k{s.kernel}s{s.stride}p{s.padding}g{s.groups}"
+)
 def test_functional_output_matches_numpy(shape, tiles, slots, default):
     _check_output(shape, tiled_convadd_program(shape, tiles, slots), default)
 
@@ -65,8 +88,8 @@ def test_functional_output_matches_numpy(shape, tiles, slots, default):
 @pytest.mark.parametrize("tiles", [1, 2, 4, 8])
 def test_ping_pong_on_ideal_takes_exactly_a_plus_b_over_n(tiles, ideal):
     conv_total = EXACT.macs // ideal.macs_per_cycle
-    add_total = EXACT.out_elements // ideal.add_lanes
-    assert (conv_total, add_total) == (2304, 256)
+    add_total = EXACT.out_elements // ideal.add_lanes * 2  # two ALU ops: + bias, + residual
+    assert (conv_total, add_total) == (2304, 512)
     pipelined = simulate(tiled_convadd_program(EXACT, tiles, slots=2), ideal, functional=False)
     assert pipelined.total_cycles == conv_total + add_total // tiles
     serial = simulate(tiled_convadd_program(EXACT, tiles, slots=1), ideal, functional=False)
@@ -272,11 +295,13 @@ def test_distinct_regions_of_one_slot_do_not_conflict(ideal):
         HazardError, match=r"acc\[0\] by (CONV conv#1 while ADD add#0|ADD add#0 be)"
     ):
         simulate(racing, ideal, functional=False)
+    bias, residual = add.ops
+    top = (*add.acc.region[:2], (0, 8), add.acc.region[3])
     add_top = dataclasses.replace(
         add,
-        acc=Slot("acc", 0, (*add.acc.region[:2], (0, 8), add.acc.region[3])),
-        res=Slot("res", 0, (*add.res.region[:2], (0, 8), add.res.region[3])),
-        out=Slot("out", 0, (*add.out.region[:2], (0, 8), add.out.region[3])),
+        acc=Slot("acc", 0, top),
+        out=Slot("out", 0, top),
+        ops=(bias, dataclasses.replace(residual, src=Slot("res", 0, top))),
     )
     store = program.streams["store"][0]
     store_top = dataclasses.replace(
@@ -289,13 +314,21 @@ def test_distinct_regions_of_one_slot_do_not_conflict(ideal):
     assert disjoint.units["conv"].instructions == 2
 
 
+def _with_pools(hardware: HardwareConfig, **pools: int) -> HardwareConfig:
+    return HardwareConfig.from_dict(
+        {**hardware.to_dict(), "buffer_bytes": {**hardware.buffer_bytes, **pools}}
+    )
+
+
 def test_overflow_names_buffer_and_bytes(default):
     program = tiled_convadd_program(EXACT, tiles=2)
     need = 2 * 4 * 16 * 8 * 16
-    tiny = HardwareConfig.from_dict(
-        {**default.to_dict(), "buffer_bytes": {**default.buffer_bytes, "acc": need - 1}}
-    )
-    with pytest.raises(BufferOverflowError, match=rf"'acc' needs {need} bytes .* has {need - 1}"):
+    tiny = _with_pools(default, acc=need - 1)
+    with pytest.raises(
+        BufferOverflowError,
+        match=rf"buffer pool 'acc' needs {need} bytes \(acc 2 slot\(s\) of \[1, 16, 8, 16\] "
+        rf"float32\) but default has {need - 1}: use more",
+    ):
         simulate(program, tiny, functional=False)
     fits = HardwareConfig.from_dict(
         {**default.to_dict(), "buffer_bytes": {**default.buffer_bytes, "acc": need}}
@@ -303,6 +336,58 @@ def test_overflow_names_buffer_and_bytes(default):
     assert simulate(program, fits, functional=False).total_cycles > 0
     assert overflowing(program, tiny) == {"acc": (need, need - 1)}
     assert overflowing(program, fits) == {}
+
+
+def _two_operand_program(vectors: tuple[str, ...], tensors: tuple[str, ...]) -> Program:
+    """Declares per-channel buffers `vectors` (1 x 64 x 1 x 1, one slot: 256 B each) and
+    output-shaped buffers `tensors` (1 x 8 x 4 x 4, two slots: 1024 B each): pools only."""
+    buffers = {name: BufferDecl((1, 64, 1, 1), 1) for name in vectors}
+    buffers |= {name: BufferDecl((1, 8, 4, 4), 2) for name in tensors}
+    return Program({}, buffers, {})
+
+
+@pytest.mark.parametrize(
+    ("vectors", "tensors", "pools", "over"),
+    [
+        # bias and scale share the vector memory: 256 + 256 = 512 B
+        (("bias", "scale"), (), {"bias": 512}, {}),
+        (("bias", "scale"), (), {"bias": 511}, {"bias (bias + scale)": (512, 511)}),
+        (("scale",), (), {"bias": 255}, {"bias (scale)": (256, 255)}),
+        (
+            ("bias", "bias_2", "scale"),
+            (),
+            {"bias": 767},
+            {"bias (bias + bias_2 + scale)": (768, 767)},
+        ),
+        # the residuals share the residual memory: 1024 + 1024 = 2048 B
+        ((), ("res", "res_2"), {"res": 2048}, {}),
+        ((), ("res", "res_2"), {"res": 2047}, {"res (res + res_2)": (2048, 2047)}),
+        ((), ("res",), {"res": 1023}, {"res": (1024, 1023)}),
+        # two pools over at once, each with its own bytes
+        (
+            ("scale", "scale_2"),
+            ("res", "res_2", "res_3"),
+            {"bias": 500, "res": 3000},
+            {"bias (scale + scale_2)": (512, 500), "res (res + res_2 + res_3)": (3072, 3000)},
+        ),
+    ],
+)
+def test_epilogue_buffers_fit_their_pool_together(vectors, tensors, pools, over, default):
+    program = _two_operand_program(vectors, tensors)
+    hardware = _with_pools(default, **pools)
+    assert overflowing(program, hardware) == over
+    if over:
+        pool = next(iter(over)).split(" ")[0]
+        with pytest.raises(BufferOverflowError, match=rf"buffer pool '{pool}' needs"):
+            simulate(program, hardware, functional=False)
+    else:
+        assert simulate(program, hardware, functional=False).total_cycles == 0
+
+
+def test_a_buffer_of_no_pool_is_refused(default):
+    for name in ("sram", "res_1", "res_x", "scalex", "bias_"):
+        with pytest.raises(HardwareConfigError, match=rf"buffer '{name}' draws from no pool"):
+            overflowing(Program({}, {name: BufferDecl((1,), 1)}, {}), default)
 
 
 def test_malformed_operands_are_refused(default):
@@ -314,17 +399,33 @@ def test_malformed_operands_are_refused(default):
         simulate(wrong, default, functional=False)
     (k, _, r, s) = conv.wgt.region
     narrow = with_instruction(program, "conv", 0, wgt=Slot("wgt", 0, (k, (0, 2), r, s)))
-    with pytest.raises(ProgramError, match=r"weight region has 2 input channels, input region 3"):
+    with pytest.raises(
+        ProgramError,
+        match=r"conv#0 CONV: input region has 3 channels, groups 1 x weight region's 2 = 2 "
+        r"expected",
+    ):
         simulate(narrow, default, functional=False)
     store = program.streams["store"][0]
     short = dataclasses.replace(store.dst, region=(*store.dst.region[:3], (0, 1)))
     with pytest.raises(ProgramError, match=r"store#0 STORE: operand shapes differ"):
         simulate(with_instruction(program, "store", 0, dst=short), default, functional=False)
     add = program.streams["add"][0]
-    bias = Slot("bias", 0, ((0, 1), (0, 1), (0, 1), (0, 1)))
-    with pytest.raises(ProgramError, match=r"add#0 ADD: bias region \(1, 1, 1, 1\) must be"):
-        simulate(with_instruction(program, "add", 0, bias=bias), default, functional=False)
-    assert add.bias is not None
+    bias, residual = add.ops
+    narrow_bias = AluOp("add", "channel", Slot("bias", 0, ((0, 1), (0, 1), (0, 1), (0, 1))))
+    with pytest.raises(
+        ProgramError,
+        match=r"add#0 ADD.ops\[0\]: add channel src extents \(1, 1, 1, 1\) must be "
+        r"\(1, 5, 1, 1\) to broadcast over out \(1, 5, 5, 7\)",
+    ):
+        simulate(
+            with_instruction(program, "add", 0, ops=(narrow_bias, residual)),
+            default,
+            functional=False,
+        )
+    (n, c, h, w) = residual.src.region
+    short = dataclasses.replace(residual, src=Slot("res", 0, (n, c, (0, 2), w)))
+    with pytest.raises(ProgramError, match=r"add#0 ADD: operand shapes differ: .*'ops\[1\].src'"):
+        simulate(with_instruction(program, "add", 0, ops=(bias, short)), default, functional=False)
 
 
 def test_bad_tensors_are_refused(default):
@@ -427,17 +528,22 @@ def _cases(draw):
     stride = draw(st.integers(1, 2))
     height = draw(st.integers(max(1, kernel - 2 * padding), 9))
     width = draw(st.integers(max(1, kernel - 2 * padding), 6))
+    groups = draw(st.integers(1, 3))
     shape = ConvAddShape(
         batch=draw(st.integers(1, 2)),
-        in_channels=draw(st.integers(1, 4)),
+        in_channels=groups * draw(st.integers(1, 3)),
         height=height,
         width=width,
-        out_channels=draw(st.integers(1, 4)),
+        out_channels=groups * draw(st.integers(1, 3)),
         kernel=kernel,
         stride=stride,
         padding=padding,
         bias=draw(st.booleans()),
         relu=draw(st.booleans()),
+        groups=groups,
+        scale=draw(st.booleans()),
+        residual=draw(st.booleans()),
+        clip=draw(st.sampled_from([None, 0.5, 2.0])),
     )
     tiles = draw(st.integers(1, shape.out_height))
     return shape, tiles, draw(st.sampled_from([1, 2])), draw(st.integers(0, 2**16))
@@ -449,3 +555,194 @@ def test_random_shapes_and_tile_counts_match_numpy(case):
     shape, tiles, slots, seed = case
     program = tiled_convadd_program(shape, tiles, slots)
     _check_output(shape, program, load_config("default"), seed)
+
+
+# -- grouped CONV and the ALU op list, each against an independent reference -----------------
+
+
+def _single_conv_program(
+    batch, groups, cg, ng, size, kernel, stride
+) -> tuple[Program, dict[str, tuple[int, ...]]]:
+    """LOAD inp and wgt, one grouped CONV, STORE acc: the instruction alone, unpadded."""
+    out_size = (size - kernel) // stride + 1
+    shapes = {
+        "data": (batch, groups * cg, size, size),
+        "weight": (groups * ng, cg, kernel, kernel),
+        "output": (batch, groups * ng, out_size, out_size),
+    }
+    full = {name: tuple((0, d) for d in dims) for name, dims in shapes.items()}
+    inp, wgt = Slot("inp", 0, full["data"]), Slot("wgt", 0, full["weight"])
+    acc = Slot("acc", 0, full["output"])
+    streams = {
+        "load": (
+            Load(dst=inp, src=Dram("data", full["data"])),
+            Load(dst=wgt, src=Dram("weight", full["weight"]), signal=("conv",)),
+        ),
+        "conv": (
+            Conv(
+                inp=inp,
+                wgt=wgt,
+                acc=acc,
+                stride=(stride, stride),
+                groups=groups,
+                wait=("load",),
+                signal=("store",),
+            ),
+        ),
+        "store": (Store(src=acc, dst=Dram("output", full["output"]), wait=("conv",)),),
+    }
+    buffers = {
+        "inp": BufferDecl(shapes["data"], 1),
+        "wgt": BufferDecl(shapes["weight"], 1),
+        "acc": BufferDecl(shapes["output"], 1),
+    }
+    return Program(streams, buffers, shapes), shapes
+
+
+@pytest.mark.parametrize(
+    ("batch", "groups", "cg", "ng", "size", "kernel", "stride"),
+    [
+        (1, 1, 3, 4, 6, 3, 1),  # dense
+        (2, 2, 3, 2, 7, 3, 2),  # two groups, strided
+        (1, 4, 2, 3, 5, 1, 1),  # pointwise grouped
+        (1, 8, 1, 1, 6, 3, 1),  # depthwise
+        (2, 6, 1, 2, 7, 3, 2),  # depthwise with channel multiplier 2, strided
+        (1, 3, 4, 1, 5, 2, 1),  # one output per group, even kernel
+    ],
+    ids=["dense", "g2s2", "pointwise_g4", "depthwise", "depthwise_x2", "g3_n1"],
+)
+def test_grouped_conv_matches_torch(batch, groups, cg, ng, size, kernel, stride, ideal):
+    program, shapes = _single_conv_program(batch, groups, cg, ng, size, kernel, stride)
+    rng = np.random.default_rng(groups * 10 + cg)
+    data = rng.standard_normal(shapes["data"]).astype(np.float32)
+    weight = rng.standard_normal(shapes["weight"]).astype(np.float32)
+    result = simulate(program, ideal, {"data": data, "weight": weight})
+    expected = torch.nn.functional.conv2d(
+        torch.from_numpy(data).double(),
+        torch.from_numpy(weight).double(),
+        stride=stride,
+        groups=groups,
+    ).numpy()
+    np.testing.assert_allclose(result.outputs["output"], expected, rtol=1e-5, atol=1e-5)
+    assert program.streams["conv"][0].macs == int(np.prod(shapes["output"])) * cg * kernel**2
+
+
+def test_depthwise_output_channel_sees_only_its_own_input_channel(ideal):
+    """Channel c of a depthwise 1x1 conv is data[c] * weight[c]: no other channel leaks in."""
+    program, _ = _single_conv_program(1, 3, 1, 1, 2, 1, 1)
+    data = np.array([1.0, 10.0, 100.0], dtype=np.float32).reshape(1, 3, 1, 1) * np.ones((2, 2))
+    weight = np.array([2.0, 3.0, 5.0], dtype=np.float32).reshape(3, 1, 1, 1)
+    out = simulate(program, ideal, {"data": data, "weight": weight}).outputs["output"]
+    np.testing.assert_array_equal(out[0, :, 0, 0], [2.0, 30.0, 500.0])
+
+
+@pytest.mark.parametrize(
+    ("inp_channels", "acc_channels", "message"),
+    [
+        (6, 5, r"conv#0 CONV: acc region has 5 channels, not a multiple of groups 2"),
+        (5, 4, r"conv#0 CONV: input region has 5 channels, groups 2 x weight region's 3 = 6"),
+    ],
+)
+def test_grouped_conv_shapes_are_checked(inp_channels, acc_channels, message, ideal):
+    program, _ = _single_conv_program(1, 2, 3, 3, 4, 1, 1)
+    conv = program.streams["conv"][0]
+    inp = Slot("inp", 0, ((0, 1), (0, inp_channels), (0, 4), (0, 4)))
+    acc = Slot("acc", 0, ((0, 1), (0, acc_channels), (0, 4), (0, 4)))
+    wgt = Slot("wgt", 0, ((0, acc_channels), (0, 3), (0, 1), (0, 1)))
+    broken = with_instruction(program, "conv", 0, inp=inp, acc=acc, wgt=wgt)
+    assert broken.streams["conv"][0].groups == conv.groups == 2
+    with pytest.raises(ProgramError, match=message) as info:
+        simulate(broken, ideal, functional=False)
+    assert "\n" not in str(info.value)
+
+
+ALU_SHAPE = (2, 3, 2, 4)
+_NUMPY_OPS = {"add": np.add, "mul": np.multiply, "max": np.maximum, "min": np.minimum}
+
+
+def _alu_program(ops: tuple[AluOp, ...], operands: dict[str, tuple[int, ...]]) -> Program:
+    """LOAD acc and every operand tensor into its own buffer, one ADD, STORE out."""
+    shapes = {"acc_in": ALU_SHAPE, **operands, "output": ALU_SHAPE}
+    full = {name: tuple((0, d) for d in dims) for name, dims in shapes.items()}
+    acc, out = Slot("acc", 0, full["acc_in"]), Slot("out", 0, full["output"])
+    loads = [Load(dst=acc, src=Dram("acc_in", full["acc_in"]))]
+    loads += [Load(dst=Slot(name, 0, full[name]), src=Dram(name, full[name])) for name in operands]
+    loads[-1] = dataclasses.replace(loads[-1], signal=("add",))
+    streams = {
+        "load": tuple(loads),
+        "add": (Add(acc=acc, out=out, ops=ops, wait=("load",), signal=("store",)),),
+        "store": (Store(src=out, dst=Dram("output", full["output"]), wait=("add",)),),
+    }
+    buffers = {"acc": BufferDecl(ALU_SHAPE, 1), "out": BufferDecl(ALU_SHAPE, 1)}
+    buffers |= {name: BufferDecl(shape, 1) for name, shape in operands.items()}
+    return Program(streams, buffers, shapes)
+
+
+@pytest.mark.parametrize("kind", ["tensor", "channel", "const"])
+@pytest.mark.parametrize("op", ["add", "mul", "max", "min"])
+def test_each_alu_op_matches_numpy(op, kind, ideal):
+    rng = np.random.default_rng(7)
+    acc = rng.standard_normal(ALU_SHAPE).astype(np.float32)
+    tensors = {"acc_in": acc}
+    if kind == "const":
+        program = _alu_program((AluOp(op, "const", value=0.25),), {})
+        operand = np.float32(0.25)
+    else:
+        shape = ALU_SHAPE if kind == "tensor" else (1, ALU_SHAPE[1], 1, 1)
+        name = "res" if kind == "tensor" else "bias"
+        tensors[name] = operand = rng.standard_normal(shape).astype(np.float32)
+        program = _alu_program((AluOp(op, kind, Slot(name, 0, _full(shape))),), {name: shape})
+    out = simulate(program, ideal, tensors).outputs["output"]
+    np.testing.assert_allclose(out, _NUMPY_OPS[op](acc, operand), rtol=1e-6)
+
+
+def _full(shape) -> tuple[tuple[int, int], ...]:
+    return tuple((0, d) for d in shape)
+
+
+def test_an_alu_chain_applies_its_ops_in_order(ideal):
+    """relu6(acc * scale + bias + res + res_2), and the same ops reordered give another value."""
+    vector, rng = (1, ALU_SHAPE[1], 1, 1), np.random.default_rng(3)
+    operands = {"scale": vector, "bias": vector, "res": ALU_SHAPE, "res_2": ALU_SHAPE}
+    tensors = {name: 3 * rng.standard_normal(s).astype(np.float32) for name, s in operands.items()}
+    tensors["acc_in"] = 3 * rng.standard_normal(ALU_SHAPE).astype(np.float32)
+    slot = {name: Slot(name, 0, _full(shape)) for name, shape in operands.items()}
+    chain = (
+        AluOp("mul", "channel", slot["scale"]),
+        AluOp("add", "channel", slot["bias"]),
+        AluOp("add", "tensor", slot["res"]),
+        AluOp("add", "tensor", slot["res_2"]),
+        AluOp("max", "const", value=0.0),
+        AluOp("min", "const", value=6.0),
+    )
+    out = simulate(_alu_program(chain, operands), ideal, tensors).outputs["output"]
+    t = {name: array.astype(np.float64) for name, array in tensors.items()}
+    expected = np.clip(t["acc_in"] * t["scale"] + t["bias"] + t["res"] + t["res_2"], 0, 6)
+    np.testing.assert_allclose(out, expected, rtol=1e-6)
+    assert 0 < (out == 0).mean() < 1 and 0 < (out == 6).mean() < 1  # both clamps did something
+    clamp_first = (chain[4], chain[5], *chain[:4])  # clip acc first, then scale and add
+    out = simulate(_alu_program(clamp_first, operands), ideal, tensors).outputs["output"]
+    expected = np.clip(t["acc_in"], 0, 6) * t["scale"] + t["bias"] + t["res"] + t["res_2"]
+    np.testing.assert_allclose(out, expected, rtol=1e-6)
+
+
+def test_an_add_with_no_ops_moves_acc_to_out(ideal):
+    acc = np.arange(np.prod(ALU_SHAPE), dtype=np.float32).reshape(ALU_SHAPE)
+    out = simulate(_alu_program((), {}), ideal, {"acc_in": acc}).outputs["output"]
+    np.testing.assert_array_equal(out, acc)
+
+
+def test_every_alu_src_is_hazard_checked(ideal):
+    vector = (1, ALU_SHAPE[1], 1, 1)
+    ops = (AluOp("add", "channel", Slot("bias", 0, _full(vector))),)
+    program = _alu_program(ops, {"bias": vector})
+    unloaded = Program(
+        {
+            **program.streams,
+            "load": (dataclasses.replace(program.streams["load"][0], signal=("add",)),),
+        },
+        program.buffers,
+        program.tensors,
+    )
+    with pytest.raises(HazardError, match=r"read of bias\[0\] by ADD add#0 before anything"):
+        simulate(unloaded, ideal, functional=False)
