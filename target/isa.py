@@ -297,6 +297,9 @@ class AluOp:
         if self.kind == "const":
             if self.src is not None or self.value is None:
                 raise ProgramError(f"ALU op {self.op} const: give a value and no src")
+            number = isinstance(self.value, (int, float)) and not isinstance(self.value, bool)
+            if not number or not abs(self.value) <= _LARGEST_FLOAT:
+                raise ProgramError(f"ALU op {self.op} const {self.value!r}: a finite number")
             object.__setattr__(self, "value", float(self.value))
         elif self.src is None or self.value is not None:
             raise ProgramError(f"ALU op {self.op} {self.kind}: give a src and no value")
