@@ -13,11 +13,13 @@ from tvm_convadd.errors import HardwareConfigError
 from tvm_convadd.target.hardware import (
     BUFFERS,
     HardwareConfig,
+    buffer_pool,
     contiguous_runs,
+    conv_gemm,
     list_configs,
     load_config,
 )
-from tvm_convadd.target.isa import Add, Conv, Load, Store, region_size
+from tvm_convadd.target.isa import ALU_OPS, Add, AluOp, Conv, Load, Slot, Store, region_size
 
 SHIPPED = ["big_array", "default", "ideal", "output_stationary", "slow_add"]
 
@@ -34,6 +36,7 @@ def test_shipped_configs_load_and_are_named_after_their_file():
         assert config.name == name
         assert config.dtype == "float32"
         assert set(config.buffer_bytes) == set(BUFFERS)
+        assert dict(config.alu_op_cycles) == {"add": 1, "mul": 1, "max": 1, "min": 1}
         assert config.description
 
 
@@ -103,11 +106,38 @@ def test_unknown_name_lists_the_known_ones():
         ({"name": ""}, r"name must be a non-empty string"),
         ({"colour": "red"}, r"unknown field\(s\) \['colour'\]"),
         ({"buffer_bytes": {"acc": 1}}, r"buffer_bytes must give exactly the buffers"),
+        (
+            {"alu_op_cycles": {"add": 1, "mul": 1, "max": 1}},
+            r"alu_op_cycles is missing op\(s\) \['min'\]: give cycles for each of "
+            r"\['add', 'mul', 'max', 'min'\]",
+        ),
+        (
+            {"alu_op_cycles": {"add": 1, "mul": 1, "max": 1, "min": 1, "shr": 1}},
+            r"alu_op_cycles has unknown op\(s\) \['shr'\]: the ALU ops are \['add', 'mul'",
+        ),
+        (
+            {"alu_op_cycles": {"add": 1, "mul": 1.5, "max": 1, "min": 1}},
+            r"alu_op_cycles.mul 1.5: must be an integer in 0\.\.",
+        ),
+        (
+            {"alu_op_cycles": {"add": 1, "mul": 1, "max": "1", "min": 1}},
+            r"alu_op_cycles.max '1': must be an integer in 0\.\.",
+        ),
+        (
+            {"alu_op_cycles": {"add": -1, "mul": 1, "max": 1, "min": 1}},
+            r"alu_op_cycles.add -1: must be an integer in 0\.\.",
+        ),
+        (
+            {"alu_op_cycles": {"add": True, "mul": 1, "max": 1, "min": 1}},
+            r"alu_op_cycles.add True: must be an integer",
+        ),
+        ({"alu_op_cycles": [1, 1, 1, 1]}, r"alu_op_cycles \[1, 1, 1, 1\]: must be an object of"),
     ],
 )
 def test_validation_names_the_field_and_range(default, change, message):
-    with pytest.raises(HardwareConfigError, match=message):
+    with pytest.raises(HardwareConfigError, match=message) as info:
         HardwareConfig.from_dict({**default.to_dict(), **change})
+    assert "\n" not in str(info.value)
 
 
 def test_an_old_format_config_names_the_new_fields(default):
@@ -135,6 +165,10 @@ def test_validation_of_missing_fields_and_capacities(default):
     del data["add_lanes"]
     with pytest.raises(HardwareConfigError, match=r"missing field\(s\) \['add_lanes'\]"):
         HardwareConfig.from_dict(data)
+    data = default.to_dict()
+    del data["alu_op_cycles"]
+    with pytest.raises(HardwareConfigError, match=r"missing field\(s\) \['alu_op_cycles'\]"):
+        HardwareConfig.from_dict(data)
     bad = {**default.to_dict(), "buffer_bytes": {**default.buffer_bytes, "acc": 0}}
     with pytest.raises(HardwareConfigError, match=r"buffer_bytes.acc 0: must be an integer in 1"):
         HardwareConfig.from_dict(bad)
@@ -147,10 +181,30 @@ def test_config_is_immutable(default):
         default.add_lanes = 1
     with pytest.raises(TypeError):
         default.buffer_bytes["acc"] = 1
+    with pytest.raises(TypeError):
+        default.alu_op_cycles["add"] = 2
     assert hash(default) == hash(load_config("default"))
     assert pickle.loads(pickle.dumps(default)) == default  # travels to process-pool workers
-    with pytest.raises(HardwareConfigError, match="no on-chip buffer 'sram'"):
+    with pytest.raises(HardwareConfigError, match="buffer 'sram' draws from no pool"):
         default.capacity("sram")
+    with pytest.raises(HardwareConfigError, match="no on-chip buffer pool 'scale'; pools: "):
+        default.pool_bytes("scale")
+
+
+@pytest.mark.parametrize(
+    ("buffer", "pool"),
+    [
+        *((name, name) for name in ("inp", "wgt", "acc", "out", "res", "bias")),
+        ("res_2", "res"),
+        ("res_11", "res"),
+        ("bias_2", "bias"),
+        ("scale", "bias"),
+        ("scale_3", "bias"),
+    ],
+)
+def test_epilogue_buffers_draw_from_their_pool(buffer, pool, default):
+    assert buffer_pool(buffer) == pool
+    assert default.capacity(buffer) == default.buffer_bytes[pool]
 
 
 def _array(dataflow: str, rows: int = 16, cols: int = 16, fill_drain: bool = True):
@@ -194,6 +248,32 @@ def test_conv_cycles_on_a_rectangular_array():
     assert output_stationary.conv_cycles(64, 20, 40) == 16 * 58 + config.issue_cycles
 
 
+def _conv(batch, groups, cg, ng, out_size, kernel) -> Conv:
+    """A CONV instruction of the given group shape, stride 1 (only its regions matter here)."""
+    in_size = out_size + kernel - 1
+    return Conv(
+        inp=Slot("inp", 0, ((0, batch), (0, groups * cg), (0, in_size), (0, in_size))),
+        wgt=Slot("wgt", 0, ((0, groups * ng), (0, cg), (0, kernel), (0, kernel))),
+        acc=Slot("acc", 0, ((0, batch), (0, groups * ng), (0, out_size), (0, out_size))),
+        groups=groups,
+    )
+
+
+def test_grouped_conv_cycles_by_hand(default):
+    """Each group is its own GEMM on the 16x16 ws array (one fold costs 46 + P), in turn."""
+    # depthwise 3x3, 32 channels, 8x8 out: per group K = 9 (1 row fold), N = 1 (1 column
+    # fold), P = 64: 46 + 64 = 110 cycles; 32 groups; one issue
+    depthwise = _conv(1, 32, 1, 1, 8, 3)
+    assert conv_gemm(depthwise) == (64, 9, 1)
+    assert default.instruction_cycles(depthwise, None) == 32 * 110 + 4
+    # 2 groups of 24 -> 20 channels, 3x3, batch 2, 5x5 out: P = 50, K = 216 (14 row folds),
+    # N = 20 (2 column folds): 28 folds of 46 + 50 = 96 per group
+    grouped = _conv(2, 2, 24, 20, 5, 3)
+    assert conv_gemm(grouped) == (50, 216, 20)
+    assert default.instruction_cycles(grouped, None) == 2 * 28 * 96 + 4
+    assert default.conv_cycles(50, 216, 20, groups=2) == 2 * 28 * 96 + 4
+
+
 def test_ws_tiles_that_cut_the_pixels_pay_fill_and_drain_per_fold(default):
     """The issue's example: 28 width tiles of a 56x56 3x3 64->64 layer cost +39 % on ws."""
     whole = default.conv_cycles(56 * 56, 64 * 9, 64) - default.issue_cycles
@@ -210,10 +290,43 @@ def test_add_and_dma_costs_by_hand(default):
     )
     pipe = default.add_latency_cycles
     assert pipe > 0 and per_run > 0
-    assert default.add_cycles(16 * 3) == 3 + pipe + issue
+    assert default.add_cycles(16 * 3) == 3 + pipe + issue  # no ops: one pass moves acc to out
     assert default.add_cycles(16 * 3 + 1) == 4 + pipe + issue
+    assert default.add_cycles(16 * 3 + 1, ["add", "mul", "max"]) == 4 * 3 + pipe + issue
+    assert default.add_cycles(16 * 3 + 1, ["add", "add"]) == 4 * 2 + pipe + issue
     assert default.dma_cycles(0, 0) == latency + issue
     assert default.dma_cycles(33, 1) == latency + 2 + per_run + issue
+
+
+@pytest.mark.parametrize(
+    ("ops", "per_pass"),
+    [
+        ((), 1),  # an empty list still streams acc to out: one pass
+        (("mul",), 3),
+        (("mul", "add", "min"), 3 + 1 + 2),
+        (("max", "max"), 1),  # max costs 0 here, floored at 1 cycle per pass
+        (("min", "mul", "min", "add", "max"), 2 + 3 + 2 + 1 + 0),
+    ],
+)
+def test_add_cost_sums_the_ops_alu_cycles(ops, per_pass, default):
+    """ceil(49 / 16) = 4 lane-wide passes, each costing the ops' cycles summed, + 8 + 4."""
+    costly = HardwareConfig.from_dict(
+        {**default.to_dict(), "alu_op_cycles": {"add": 1, "mul": 3, "max": 0, "min": 2}}
+    )
+    assert costly.add_cycles(49, ops) == 4 * per_pass + 8 + 4
+    out = Slot("out", 0, ((0, 1), (0, 7), (0, 7), (0, 1)))  # 49 elements
+    vector = Slot("bias", 0, ((0, 1), (0, 7), (0, 1), (0, 1)))
+    steps = tuple(
+        AluOp(op, "const", value=1.0) if op in ("max", "min") else AluOp(op, "channel", vector)
+        for op in ops
+    )
+    add = Add(acc=Slot("acc", 0, out.region), out=out, ops=steps)
+    assert costly.instruction_cycles(add, None) == 4 * per_pass + 8 + 4
+
+
+def test_an_unknown_alu_op_has_no_cost(default):
+    with pytest.raises(HardwareConfigError, match=r"default: no ALU op 'shr'; ops are"):
+        default.add_cycles(16, ["add", "shr"])
 
 
 def test_dma_cost_of_a_strided_region(default):
@@ -250,22 +363,34 @@ def test_ideal_makes_dma_free_and_compute_exact():
     assert ideal.dma_cycles(10**12, 10**6) == 0
     assert ideal.conv_cycles(100, 16, 32) == 2 * 100  # two column folds, no fill, no drain
     assert ideal.add_cycles(16 * 5) == 5
+    assert ideal.add_cycles(16 * 5, ALU_OPS) == 5 * 4
     assert min(ideal.buffer_bytes.values()) >= 1 << 30
 
 
+@pytest.mark.parametrize(
+    "shape",
+    [
+        ConvAddShape(in_channels=3, out_channels=5, height=9, width=7, stride=2),
+        ConvAddShape(in_channels=6, out_channels=4, groups=2, scale=True, relu=True, clip=6.0),
+        ConvAddShape(in_channels=8, out_channels=8, groups=8, residual=False, bias=False),
+    ],
+    ids=["dense", "grouped_chain", "depthwise_bare"],
+)
 @pytest.mark.parametrize("name", SHIPPED)
-def test_instruction_cycles_follow_the_cost_functions(name):
+def test_instruction_cycles_follow_the_cost_functions(name, shape):
     config = load_config(name)
-    shape = ConvAddShape(in_channels=3, out_channels=5, height=9, width=7, stride=2)
     program = tiled_convadd_program(shape, tiles=2)
+    ops = ["mul"] * shape.scale + ["add"] * (shape.bias + shape.residual)
+    ops += ["max"] * shape.relu + ["min"] * (shape.clip is not None)
     for stream in program.streams.values():
         for inst in stream:
             if isinstance(inst, Conv):
                 (_, n), (_, k), (_, h), (_, w) = inst.acc.region
                 _, (_, c), (_, r), (_, s) = inst.wgt.region
-                expected = config.conv_cycles(n * h * w, c * r * s, k)
+                assert c == shape.in_channels // shape.groups
+                expected = config.conv_cycles(n * h * w, c * r * s, k // shape.groups, shape.groups)
             elif isinstance(inst, Add):
-                expected = config.add_cycles(region_size(inst.out.region))
+                expected = config.add_cycles(region_size(inst.out.region), ops)
             else:
                 dram = inst.src if isinstance(inst, Load) else inst.dst
                 assert isinstance(inst, (Load, Store))
