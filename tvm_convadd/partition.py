@@ -1,18 +1,25 @@
-"""The graph level: clean the graph up, cut out conv2d [+ bias] + add [+ relu], describe each cut.
+"""The graph level: clean the graph up, cut out every conv2d with its epilogue chain, describe
+each cut, and say per conv what was offloaded and why.
 
-Facts about `FuseOpsByPattern(annotate_codegen=True, bind_constants=False)` in TVM 0.27 that
-`describe` relies on: each match becomes a public function with attrs Codegen="convadd" and a
-global_symbol equal to its name (`fused_<ops>_convadd[N]`), whose body binds a local function
-(Composite="convadd.<pattern>") and calls it with the outer parameters in the same order. The
-parameters are the matched region's free inputs in order of first use, constants included
-(named `param_<i>`), and a tensor used twice (a residual that is also the conv input) becomes a
-single parameter, which is why the pattern check refuses that case. With bind_constants=True the
-constants stay inside the composite instead; `describe` reports those roles as `bound`.
-Structurally equal matches share one function (count call sites with `fused_calls`).
+`patterns` plans the chains (see there why they are planned, not matched); `PartitionConvAdd`
+outlines them with `FuseOpsByPattern(annotate_codegen=True, bind_constants=False)`. Facts about
+that pass in TVM 0.27 that `describe` relies on: each match becomes a public function with attrs
+Codegen="convadd" and a global_symbol equal to its name (`fused_<ops>_convadd[N]`), whose body
+binds a local function (Composite="convadd.conv2d_<steps>", the pattern's name) and calls it
+with the outer parameters in the same order. The parameters are the matched region's free
+inputs in order of first use, constants included (named `param_<i>`): data, weight, then the
+epilogue's operands in chain order, which is `Workload.input_names`. A tensor used twice would
+become one parameter, so the plan ends a chain before an operand the function already takes. A
+scalar constant would become a parameter too, so `PartitionConvAdd` first rewrites a planned
+maximum/minimum with a constant into the clip it is (`clip_scalar_bounds`): a clip's bounds are
+attributes-like arguments that stay inside. With bind_constants=True the constants stay inside
+the composite instead; `describe` reports those roles as `bound`. Structurally equal matches
+share one function (count call sites with `fused_calls`).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,27 +29,74 @@ from tvm import relax
 
 from tvm_convadd.errors import ConvAddError, UnsupportedWorkloadError
 from tvm_convadd.patterns import (
+    CLIP,
     CODEGEN,
     CONV2D,
-    VARIANTS,
+    MAXIMUM,
+    MINIMUM,
+    bindings_of,
+    clip_ops,
+    composite_labels,
     conv_rejection,
     dtype_of,
     format_dim,
     format_shape,
-    make_pattern,
+    is_op_call,
     pattern_table,
-    rejection,
+    plan_chains,
+    scalar_bound,
     static_shape,
+    var_users,
 )
-from tvm_convadd.schedules.workload import Workload
+from tvm_convadd.schedules.workload import RELU, EpilogueOp, Workload
 
-ROLES = ("data", "weight", "bias", "residual")
-LEAK_REASON = "its output also feeds other ops, so it cannot disappear into the add"
+
+@relax.expr_functor.mutator
+class _RebindValues(relax.PyExprMutator):
+    """Gives the listed bindings new values, keeping their variables (so plans stay valid)."""
+
+    def __init__(self, mod: tvm.IRModule, values: dict[relax.Var, relax.Expr]) -> None:
+        super().__init__(mod)
+        self.values = values
+
+    def visit_var_binding_(self, binding: relax.VarBinding) -> None:
+        if binding.var not in self.values:
+            super().visit_var_binding_(binding)
+            return
+        value = self.builder_.normalize(self.visit_expr(self.values[binding.var]))
+        self.builder_.emit_normalized(relax.VarBinding(binding.var, value))
+
+
+def clip_scalar_bounds(mod: tvm.IRModule) -> tvm.IRModule:
+    """`mod` with each planned maximum/minimum with a constant c written as clip(x, c, inf) /
+    clip(x, -inf, c): the same values, and no constant for FuseOpsByPattern to lift."""
+    updates = {}
+    for gvar, func in mod.functions.items():
+        attrs = (func.attrs or {}) if isinstance(func, relax.Function) else None
+        if attrs is None or "Codegen" in attrs or "Composite" in attrs:
+            continue
+        values = {}
+        for chain in plan_chains(func).values():
+            previous = chain.conv
+            for step in chain.steps:
+                if step.op in (MAXIMUM, MINIMUM):
+                    (op,) = step.ops
+                    low, high = (op.value, math.inf) if op.op == "max" else (-math.inf, op.value)
+                    values[step.var] = relax.op.clip(previous, low, high)
+                previous = step.var
+        if values:
+            updates[gvar] = _RebindValues(mod, values).visit_expr(func)
+    if not updates:
+        return mod
+    functions = dict(mod.functions.items())
+    functions.update(updates)
+    return tvm.IRModule(functions, attrs=mod.attrs, global_infos=mod.global_infos)
 
 
 @tvm.transform.module_pass(opt_level=0, name="PartitionConvAdd")
 class PartitionConvAdd:
-    """Cut every offloadable conv2d [+ bias] + add [+ relu] into a function for the convadd codegen.
+    """Cut every offloadable conv2d and its epilogue chain into a function for the convadd
+    codegen.
 
     `offload=False` keeps the cuts as plain composite functions, which the llvm build runs as is:
     the way to check the partition numerically without the accelerator.
@@ -52,17 +106,26 @@ class PartitionConvAdd:
         self.offload = offload
 
     def transform_module(self, mod: tvm.IRModule, ctx: tvm.transform.PassContext) -> tvm.IRModule:
+        mod = clip_scalar_bounds(mod)
+        table = pattern_table(mod)
+        if not table:
+            return mod
         fuse = relax.transform.FuseOpsByPattern(
-            pattern_table(), bind_constants=False, annotate_codegen=self.offload
+            table, bind_constants=False, annotate_codegen=self.offload
         )
         return fuse(mod)
+
+
+# --- reading a fused function ------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class FusedConvAdd:
     """One fused function: its workload, the role of each parameter in order, and its symbol.
 
-    `bound` lists the roles whose tensors are constants inside the function, not parameters.
+    The roles are `workload.input_names` (data, weight, then residual, bias, scale, residual_2
+    ... in chain order); `bound` lists those whose tensors are constants inside the function,
+    not parameters.
     """
 
     workload: Workload
@@ -71,7 +134,7 @@ class FusedConvAdd:
     bound: tuple[str, ...] = ()
 
     def operand_indices(self) -> tuple[int, ...]:
-        """Parameter positions in `Workload.input_shapes` order (data, weight, [bias], residual)."""
+        """Parameter positions in `Workload.input_names` order."""
         wanted = self.workload.input_names
         return tuple(self.roles.index(role) for role in wanted if role in self.roles)
 
@@ -86,24 +149,13 @@ def _function_name(func: relax.Function, name: str | None) -> str:
     return "<anonymous function>"
 
 
-def _bindings(func: relax.Function) -> list[relax.Binding]:
-    body = func.body
-    if not isinstance(body, relax.SeqExpr):
-        return []
-    return [binding for block in body.blocks for binding in block.bindings]
-
-
-def _is_op(expr: relax.Expr, op_name: str) -> bool:
-    return isinstance(expr, relax.Call) and expr.op.same_as(tvm.ir.Op.get(op_name))
-
-
 def _composite(func: relax.Function, name: str) -> tuple[relax.Function, list[relax.Expr]]:
     """The composite function inside `func` and the arguments the outer function passes it."""
     attrs = func.attrs or {}
     if "Composite" in attrs:
         return func, list(func.params)
     local_functions = {}
-    for binding in _bindings(func):
+    for binding in bindings_of(func):
         value = binding.value
         if isinstance(value, relax.Function) and "Composite" in (value.attrs or {}):
             local_functions[binding.var] = value
@@ -114,68 +166,90 @@ def _composite(func: relax.Function, name: str) -> tuple[relax.Function, list[re
     return func, list(func.params)
 
 
-def _epilogue(bindings: list[relax.Binding], conv_var: relax.Var, has_bias: bool):
-    """Walk the bindings after the conv: the bias and residual operands and whether relu ends it.
-
-    The bias is the first add's operand when the pattern has one: with a 1x1 output a bias and a
-    residual have the same shape, so the shape cannot tell them apart.
-    """
-    operands: dict[str, relax.Expr] = {}
-    relu = False
-    current = conv_var
-    for binding in bindings:
+def _read_steps(
+    name: str, bindings: list[relax.Binding], labels: list[str]
+) -> tuple[list[EpilogueOp], list[relax.Expr]]:
+    """The epilogue ops and the DRAM operands (chain order) of a composite's bindings after its
+    conv, each binding a use of the one before, as its composite name says."""
+    ops: list[EpilogueOp] = []
+    operands: list[relax.Expr] = []
+    current = bindings[0].var
+    steps = [b for b in bindings[1:] if not isinstance(b.value, relax.Var)]
+    if len(steps) != len(labels):
+        raise UnsupportedWorkloadError(
+            f"function {name}: its composite names {len(labels)} epilogue steps, its body has "
+            f"{len(steps)}"
+        )
+    for binding, label in zip(steps, labels):
         value = binding.value
-        if _is_op(value, "relax.add") and any(arg.same_as(current) for arg in value.args):
-            other = value.args[1] if value.args[0].same_as(current) else value.args[0]
-            role = "bias" if has_bias and not operands else "residual"
-            if role in operands or relu:
-                return None
-            operands[role] = other
-        elif _is_op(value, "relax.nn.relu") and value.args[0].same_as(current) and not relu:
-            relu = True
+        args = list(value.args) if isinstance(value, relax.Call) else []
+        if not any(arg.same_as(current) for arg in args):
+            raise UnsupportedWorkloadError(
+                f"function {name}: step {label} ({binding.var.name}) does not use the chain's value"
+            )
+        if label == "relu":
+            ops.append(RELU)
+        elif label == "clip" and is_op_call(value, CLIP):
+            ops.extend(clip_ops(*(scalar_bound(arg) for arg in args[1:])))
+        elif label in ("bias", "residual", "scale") and len(args) == 2:
+            operands.append(args[1] if args[0].same_as(current) else args[0])
+            kind = "tensor" if label == "residual" else "channel"
+            ops.append(EpilogueOp("mul" if label == "scale" else "add", kind))
         else:
-            return None
+            raise UnsupportedWorkloadError(
+                f"function {name}: step {label} ({binding.var.name}) is not an op the Add unit runs"
+            )
         current = binding.var
-    if "residual" not in operands:
-        return None
-    return operands, relu
+    return ops, operands
 
 
 def describe(func: relax.Function, name: str | None = None) -> FusedConvAdd:
     """Read the workload and parameter roles from a function made by `PartitionConvAdd`."""
     name = _function_name(func, name)
-    expected = "a conv2d [+ bias] + residual add [+ relu] function made by PartitionConvAdd"
+    expected = "a conv2d + epilogue function made by PartitionConvAdd"
     composite, call_args = _composite(func, name)
-    bindings = _bindings(composite)
-    convs = [i for i, binding in enumerate(bindings) if _is_op(binding.value, CONV2D)]
+    bindings = bindings_of(composite)
+    convs = [i for i, binding in enumerate(bindings) if is_op_call(binding.value, CONV2D)]
     if len(convs) != 1:
         raise UnsupportedWorkloadError(
             f"function {name}: expected {expected}, found {len(convs)} conv2d calls"
         )
-    conv_binding = bindings[convs[0]]
-    conv = conv_binding.value
+    conv = bindings[convs[0]].value
     reason = conv_rejection(conv)
     if reason is not None:
         raise UnsupportedWorkloadError(f"function {name}: {reason}")
-    composite_name = str((composite.attrs or {}).get("Composite", ""))
-    if composite_name:
-        has_bias = "_bias" in composite_name
-    else:
-        following = bindings[convs[0] + 1 : convs[0] + 2]
-        has_bias = len(following) == 1 and any(
-            isinstance(arg, tvm.ir.expr.Constant) for arg in following[0].value.args
-        )
-    epilogue = _epilogue(bindings[convs[0] + 1 :], conv_binding.var, has_bias)
-    if convs[0] != 0 or epilogue is None:
+    labels = composite_labels(str((composite.attrs or {}).get("Composite", "")))
+    if convs[0] != 0 or labels is None:
         raise UnsupportedWorkloadError(
-            f"function {name}: expected {expected}, found ops "
-            f"{[str(b.value.op.name) for b in bindings if isinstance(b.value, relax.Call)]}"
+            f"function {name}: expected {expected} (Composite convadd.conv2d_<steps>), found "
+            f"ops {[str(b.value.op.name) for b in bindings if isinstance(b.value, relax.Call)]}"
         )
-    operands, relu = epilogue
-    reason = rejection({"conv": conv, "data": conv.args[0], **operands})
-    if reason is not None:
-        raise UnsupportedWorkloadError(f"function {name}: {reason}")
-    by_role = {"data": conv.args[0], "weight": conv.args[1], **operands}
+    ops, operands = _read_steps(name, bindings, labels)
+    batch, in_channels, in_height, in_width = static_shape(conv.args[0])
+    out_channels, _, kernel_h, kernel_w = static_shape(conv.args[1])
+    workload = Workload(
+        batch=batch,
+        in_channels=in_channels,
+        in_height=in_height,
+        in_width=in_width,
+        out_channels=out_channels,
+        kernel_h=kernel_h,
+        kernel_w=kernel_w,
+        stride=tuple(int(s) for s in conv.attrs.strides),
+        padding=tuple(int(p) for p in conv.attrs.padding),
+        dtype=dtype_of(bindings[0].var),
+        groups=int(conv.attrs.groups),
+        epilogue=tuple(ops),
+    )
+    operand_shapes = workload.operand_shapes
+    by_role = {"data": conv.args[0], "weight": conv.args[1]}
+    for role, expr in zip(operand_shapes, operands):
+        if static_shape(expr) != operand_shapes[role] or dtype_of(expr) != workload.dtype:
+            raise UnsupportedWorkloadError(
+                f"function {name}: {role} is {format_shape(expr)} {dtype_of(expr)}, the "
+                f"accelerator takes {operand_shapes[role]} {workload.dtype}"
+            )
+        by_role[role] = expr
     inner_roles = {}
     for role, expr in by_role.items():
         if isinstance(expr, relax.Var):
@@ -191,38 +265,20 @@ def describe(func: relax.Function, name: str | None = None) -> FusedConvAdd:
         role = inner_roles.get(composite.params[positions[0]]) if positions else None
         if role is None:
             raise UnsupportedWorkloadError(
-                f"function {name}: parameter {param.name} has no role ({'/'.join(ROLES)})"
+                f"function {name}: parameter {param.name} has no role "
+                f"({'/'.join(workload.input_names)})"
             )
         roles.append(role)
     bound = tuple(role for role, expr in by_role.items() if isinstance(expr, tvm.ir.expr.Constant))
-    batch, in_channels, in_height, in_width = static_shape(conv.args[0])
-    out_channels, _, kernel_h, kernel_w = static_shape(conv.args[1])
-    workload = Workload(
-        batch=batch,
-        in_channels=in_channels,
-        in_height=in_height,
-        in_width=in_width,
-        out_channels=out_channels,
-        kernel_h=kernel_h,
-        kernel_w=kernel_w,
-        stride=tuple(int(s) for s in conv.attrs.strides),
-        padding=tuple(int(p) for p in conv.attrs.padding),
-        dtype=dtype_of(conv_binding.var),
-        bias="bias" in operands,
-        relu=relu,
-    )
     symbol = str((func.attrs or {}).get("global_symbol", name))
     return FusedConvAdd(workload, tuple(roles), symbol, bound)
 
 
 def fused_functions(mod: tvm.IRModule) -> dict[str, FusedConvAdd]:
-    """Every conv+add function `PartitionConvAdd` made in `mod`, by function name."""
+    """Every conv + epilogue function `PartitionConvAdd` made in `mod`, by function name."""
     found = {}
     for gvar, func in mod.functions.items():
-        attrs = (func.attrs or {}) if isinstance(func, relax.Function) else {}
-        codegen = str(attrs.get("Codegen", ""))
-        composite = str(attrs.get("Composite", ""))
-        if codegen == CODEGEN or composite.startswith(f"{CODEGEN}."):
+        if _is_fused_function(func):
             found[gvar.name_hint] = describe(func, gvar.name_hint)
     return dict(sorted(found.items()))
 
@@ -231,16 +287,23 @@ def fused_calls(mod: tvm.IRModule, func_name: str = "main") -> list[str]:
     """The fused function called at each call site of `func_name`, in program order.
 
     FuseOpsByPattern shares one function between structurally equal matches (same shapes and
-    epilogue), so count call sites, not functions, to count the fused adds.
+    epilogue), so count call sites, not functions, to count the offloaded convs.
     """
     fused = fused_functions(mod)
     return [
         binding.value.op.name_hint
-        for binding in _bindings(mod[func_name])
+        for binding in bindings_of(mod[func_name])
         if isinstance(binding.value, relax.Call)
         and isinstance(binding.value.op, tvm.ir.GlobalVar)
         and binding.value.op.name_hint in fused
     ]
+
+
+def _is_fused_function(func: relax.BaseFunc) -> bool:
+    """Made by PartitionConvAdd: offloaded (Codegen) or, with offload=False, a composite."""
+    attrs = (func.attrs or {}) if isinstance(func, relax.Function) else {}
+    composite = str(attrs.get("Composite", ""))
+    return str(attrs.get("Codegen", "")) == CODEGEN or composite.startswith(f"{CODEGEN}.")
 
 
 # --- explain: why each conv2d was or was not fused --------------------------------------------
@@ -249,25 +312,28 @@ def fused_calls(mod: tvm.IRModule, func_name: str = "main") -> list[str]:
 # finds each call of a fused function and maps the conv2d inside it back to a conv2d of the
 # module before partitioning. FuseOpsByPattern keeps every Var and Constant outside the cut as
 # the same object, so a call site's arguments are the original operands; the one new Var is each
-# call's result, which stands for the last binding of its region. The code below only words the
-# reasons for the convs the partition left alone, from the graph around them.
+# call's result, which stands for the last binding of its region. The module explain walks is
+# `clip_scalar_bounds(mod)`, as the partition saw it: the same variables, a clip where a planned
+# maximum/minimum with a constant was. The chain notes (where a chain was cut, and why) and the
+# reasons for a conv left alone come from `patterns`.
 
 FUSED = "fused: "
 NOT_FUSED = "not fused: "
-# What a refusal says when none of the known causes applies (the pattern takes the conv, yet
-# PartitionConvAdd left it alone): a gap in this explanation, which the tests rule out.
+# What a refusal says when none of the known causes applies: a gap the tests rule out.
 UNEXPLAINED = "PartitionConvAdd left it alone for a reason explain cannot name"
 NOT_DATAFLOW = "not in a dataflow block (run relax.transform.ConvertToDataflow first)"
 
 
 @dataclass(frozen=True)
 class ConvDecision:
-    """One conv2d of the module before partitioning: fused or not, and why."""
+    """One conv2d of the module before partitioning: fused or not, why, and its MACs (0 when
+    its shapes are dynamic)."""
 
     name: str
     description: str
     fused: bool
     reason: str
+    macs: int = 0
 
 
 @dataclass(frozen=True)
@@ -276,6 +342,14 @@ class _FusedSite:
 
     region: tuple[relax.Var, ...]
     label: str  # conv2d+bias+residual+relu
+
+
+def conv_macs(conv: relax.Call) -> int:
+    """Multiply-accumulates of a conv2d (NCHW/OIHW), 0 when a shape is not static."""
+    out_shape, weight_shape = static_shape(conv), static_shape(conv.args[1])
+    if out_shape is None or weight_shape is None or len(out_shape) != 4:
+        return 0
+    return math.prod(out_shape) * math.prod(weight_shape[1:])
 
 
 def _conv_description(conv: relax.Call) -> str:
@@ -287,22 +361,11 @@ def _conv_description(conv: relax.Call) -> str:
     return text + (f" groups={groups}" if groups != 1 else "")
 
 
-def _users(func: relax.Function) -> dict[relax.Var, list[relax.Var | None]]:
-    """Each variable's users: the variables bound to expressions using it (None: the output)."""
-    users: dict[relax.Var, list[relax.Var | None]] = {}
-    for binding in _bindings(func):
-        for var in relax.analysis.free_vars(binding.value):
-            users.setdefault(var, []).append(binding.var)
-    for var in relax.analysis.free_vars(func.body.body):
-        users.setdefault(var, []).append(None)
-    return users
-
-
-def _is_fused_function(func: relax.BaseFunc) -> bool:
-    """Made by PartitionConvAdd: offloaded (Codegen) or, with offload=False, a composite."""
-    attrs = (func.attrs or {}) if isinstance(func, relax.Function) else {}
-    composite = str(attrs.get("Composite", ""))
-    return str(attrs.get("Codegen", "")) == CODEGEN or composite.startswith(f"{CODEGEN}.")
+def _same_arg(arg: relax.Expr, wanted: relax.Expr) -> bool:
+    """The same operand: the same object, or for a clip bound the same number."""
+    if arg.same_as(wanted):
+        return True
+    return scalar_bound(arg) is not None and tvm_ffi.structural_equal(arg, wanted)
 
 
 def _same_call(value: relax.Expr | None, like: relax.Call, args: list[relax.Expr]) -> bool:
@@ -310,7 +373,7 @@ def _same_call(value: relax.Expr | None, like: relax.Call, args: list[relax.Expr
         isinstance(value, relax.Call)
         and value.op.same_as(like.op)
         and len(value.args) == len(args)
-        and all(arg.same_as(wanted) for arg, wanted in zip(value.args, args))
+        and all(_same_arg(arg, wanted) for arg, wanted in zip(value.args, args))
         and tvm_ffi.structural_equal(value.attrs, like.attrs)
     )
 
@@ -347,7 +410,10 @@ def _follow_region(
             continue
         if not isinstance(value, relax.Call):
             return None
-        args = [inner[arg] if arg in inner else site.original(arg) for arg in value.args]
+        args = [
+            inner[arg] if isinstance(arg, relax.Var) and arg in inner else site.original(arg)
+            for arg in value.args
+        ]
         produced = [arg for arg in args if any(arg.same_as(var) for var in region)]
         if not produced:
             return None
@@ -372,10 +438,10 @@ def _fused_sites(
     """Each conv2d of `func` that the partition put into a fused function, by its variable."""
     if func_name not in [gvar.name_hint for gvar in partitioned.functions]:
         raise ConvAddError(f"the partitioned module has no function {func_name}")
-    convs = [b.var for b in _bindings(func) if _is_op(b.value, CONV2D)]
+    convs = [b.var for b in bindings_of(func) if is_op_call(b.value, CONV2D)]
     sites: dict[relax.Var, _FusedSite] = {}
     renamed: dict[relax.Var, relax.Expr] = {}
-    for binding in _bindings(partitioned[func_name]):
+    for binding in bindings_of(partitioned[func_name]):
         value = binding.value
         if isinstance(value, relax.Var):
             if value in renamed:
@@ -388,8 +454,8 @@ def _fused_sites(
         if not _is_fused_function(fused_func):
             continue
         site = _CallSite(fused_func, value, renamed, name)
-        inner = _bindings(site.composite)
-        if not inner or not _is_op(inner[0].value, CONV2D):
+        inner = bindings_of(site.composite)
+        if not inner or not is_op_call(inner[0].value, CONV2D):
             raise ConvAddError(f"fused function {name} does not start with a conv2d")
         conv = inner[0].value
         operands = [site.original(arg) for arg in conv.args]
@@ -402,139 +468,23 @@ def _fused_sites(
                 break
         if region is None:
             raise ConvAddError(
-                f"{func_name}/{binding.var.name} calls {name}, whose conv2d [+ bias] + add is "
+                f"{func_name}/{binding.var.name} calls {name}, whose conv2d and epilogue are "
                 f"not one of {func_name}'s: pass explain the module `partitioned` was made from"
             )
-        label = f"conv2d+{describe(fused_func, name).workload.epilogue}"
+        epilogue = describe(fused_func, name).workload.epilogue_label
+        label = "conv2d" if epilogue == "none" else f"conv2d+{epilogue}"
         sites[region[0]] = _FusedSite(region, label)
         renamed[binding.var] = region[-1]
     return sites
-
-
-def _matched_bindings(matched: dict[str, relax.Expr], var2val: dict) -> set[relax.Var]:
-    """The variables bound to the matched ops (the operands are outside the region)."""
-    ops = [matched[key] for key in ("conv", "bias_add", "add", "root") if key in matched]
-    return {var for var, value in var2val.items() if any(value.same_as(op) for op in ops)}
-
-
-def _pattern_refusals(
-    func: relax.Function, var2val: dict, users: dict, claimed: dict
-) -> dict[relax.Var, str]:
-    """Why the pattern check refuses each conv a pattern matches outside the partition's cuts.
-
-    The first refusal in table order wins, as it is the one FuseOpsByPattern met first. A match
-    whose "residual" is a constant is left to `_why_unmatched`: that constant is a bias.
-    """
-    convs = [b.var for b in _bindings(func) if _is_op(b.value, CONV2D)]
-    bindings = [
-        binding
-        for block in func.body.blocks
-        if isinstance(block, relax.DataflowBlock)
-        for binding in block.bindings
-    ]
-    refused: dict[relax.Var, str] = {}
-    for bias, relu, residual_first in VARIANTS:
-        pattern, annotations = make_pattern(bias, relu, residual_first)
-        for binding in bindings:
-            if binding.var in claimed or not pattern.match(binding.value, var2val):
-                continue
-            extracted = pattern.extract_matched_expr(binding.value, var2val)
-            matched = {key: extracted[pat] for key, pat in annotations.items() if pat in extracted}
-            conv_var = next(v for v in convs if var2val[v].same_as(matched["conv"]))
-            region = _matched_bindings(matched, var2val)
-            if region & claimed.keys() or isinstance(matched["residual"], tvm.ir.expr.Constant):
-                continue
-            inner = region - {binding.var}
-            leaks = any(user not in region for var in inner for user in users.get(var, []))
-            reason = LEAK_REASON if leaks else rejection(matched)
-            if reason is not None:
-                refused.setdefault(conv_var, reason)
-    return refused
-
-
-def _is_bias_shaped(expr: relax.Expr, out_channels: int) -> bool:
-    return static_shape(expr) == (1, out_channels, 1, 1)
-
-
-def _what(value: relax.Expr | None) -> str:
-    """An expression named for a reason: its op, the function it calls, or its kind."""
-    if isinstance(value, relax.Call) and isinstance(value.op, tvm.ir.Op):
-        return str(value.op.name).removeprefix("relax.")
-    if isinstance(value, relax.Call) and isinstance(value.op, tvm.ir.GlobalVar):
-        return f"a call of {value.op.name_hint}"
-    if isinstance(value, relax.Tuple):
-        return "a tuple"
-    return "a binding" if value is None else type(value).__name__
-
-
-def _user_name(user: relax.Var | None, var2val: dict, claimed: dict) -> str:
-    """What a user of a conv's output is, for a reason: fused regions by their conv's name."""
-    if user is None:
-        return "the result"
-    value = var2val.get(user)
-    if user not in claimed:
-        return _what(value)
-    if _is_op(value, CONV2D):
-        return f"the input of fused {claimed[user]}"
-    return f"the add fused with {claimed[user]}"
-
-
-def _why_unmatched(conv_var: relax.Var, users: dict, var2val: dict, claimed: dict) -> str | None:
-    """The reason no pattern took a conv, read from what follows it; None if none is found.
-
-    `claimed` maps each binding inside a fused region to the fused conv's name.
-    """
-    out_channels = static_shape(conv_var)[1]
-    current, biases = conv_var, 0
-    while True:
-        no_add = "no add follows"
-        if biases:
-            only = "a per-channel bias" if biases == 1 else "per-channel biases"
-            no_add = f"no residual add follows (only {only})"
-        consumers = users.get(current, [])
-        if not consumers:
-            return f"{no_add}: its output is unused"
-        if consumers == [None]:
-            return f"{no_add}: its output is the result"
-        if len(consumers) != 1:
-            shown = [_user_name(user, var2val, claimed) for user in consumers]
-            return (
-                f"its output has {len(consumers)} users ({', '.join(shown)}); a fused conv's "
-                "output goes to its add alone"
-            )
-        consumer = consumers[0]
-        value = var2val.get(consumer)
-        if consumer in claimed:
-            if _is_op(value, CONV2D):
-                return f"{no_add}: it is the input of {claimed[consumer]}, which is fused"
-            return f"its add is fused with {claimed[consumer]} (it is that conv's residual)"
-        if isinstance(value, relax.Var):
-            return f"{no_add}: its output is the result"
-        if not _is_op(value, "relax.add"):
-            return f"{no_add}; next comes {_what(value)}"
-        other = value.args[1] if value.args[0].same_as(current) else value.args[0]
-        if _is_bias_shaped(other, out_channels) and (
-            biases == 0 or isinstance(other, tvm.ir.expr.Constant)
-        ):
-            current, biases = consumer, biases + 1
-            continue
-        if isinstance(other, tvm.ir.expr.Constant):
-            return "the added tensor is a constant: a bias, not a residual"
-        return None
 
 
 def _explain_function(
     func: relax.Function, func_name: str, partitioned: tvm.IRModule
 ) -> list[ConvDecision]:
     var2val = relax.analysis.get_var2val(func)
-    users = _users(func)
+    users = var_users(func)
     sites = _fused_sites(func, func_name, partitioned, var2val, users)
-    claimed = {
-        var: f"{func_name}/{conv_var.name}"
-        for conv_var, site in sites.items()
-        for var in site.region
-    }
-    refused = _pattern_refusals(func, var2val, users, claimed)
+    chains = plan_chains(func)
     dataflow = {
         binding.var
         for block in func.body.blocks
@@ -542,23 +492,27 @@ def _explain_function(
         for binding in block.bindings
     }
     decisions = []
-    for binding in _bindings(func):
-        if not _is_op(binding.value, CONV2D):
+    for binding in bindings_of(func):
+        if not is_op_call(binding.value, CONV2D):
             continue
         conv_var, conv = binding.var, binding.value
         if conv_var in sites:
-            fused, reason = True, FUSED + sites[conv_var].label
+            site, chain = sites[conv_var], chains.get(conv_var)
+            reason = FUSED + site.label
+            if chain is not None and chain.note and chain.region == frozenset(site.region):
+                reason += f"; {chain.note}"
+            fused = True
         else:
             why = (
                 conv_rejection(conv)
                 or (NOT_DATAFLOW if conv_var not in dataflow else None)
-                or refused.get(conv_var)
-                or _why_unmatched(conv_var, users, var2val, claimed)
                 or UNEXPLAINED
             )
             fused, reason = False, NOT_FUSED + why
         name = f"{func_name}/{conv_var.name}"
-        decisions.append(ConvDecision(name, _conv_description(conv), fused, reason))
+        decisions.append(
+            ConvDecision(name, _conv_description(conv), fused, reason, conv_macs(conv))
+        )
     return decisions
 
 
@@ -567,11 +521,10 @@ def explain(mod: tvm.IRModule, partitioned: tvm.IRModule | None = None) -> list[
 
     The verdicts come from the partition itself: `partitioned` is `PartitionConvAdd()(mod)`
     unless given (pass the one you already have, made from this very `mod`: offloaded or not).
-    Each conv left unfused gets the reason: what the accelerator refuses in the conv itself
-    (layout, groups, dilation, dtype, dynamic shape), then what the pattern check refuses in
-    its epilogue (broadcast residual, a residual that is the conv's input, an output that
-    other ops use too), then what follows it (no add, only a bias, an add fused with another
-    conv).
+    A fused conv reads "fused: conv2d+<epilogue>", then where its chain was cut when an op
+    after it runs on the CPU (a value other ops share, an op or operand the Add unit lacks).
+    A conv left alone gets what the accelerator refuses in the conv itself (layout, dilation,
+    dtype, dynamic shape), or that it is outside a dataflow block.
     """
     fused_already = sorted(
         gvar.name_hint for gvar, func in mod.functions.items() if _is_fused_function(func)
@@ -583,8 +536,9 @@ def explain(mod: tvm.IRModule, partitioned: tvm.IRModule | None = None) -> list[
         )
     if partitioned is None:
         partitioned = PartitionConvAdd()(mod)
+    canonical = clip_scalar_bounds(mod)
     decisions = []
-    for gvar, func in mod.functions.items():
+    for gvar, func in canonical.functions.items():
         if not isinstance(func, relax.Function):
             continue
         attrs = func.attrs or {}
@@ -605,6 +559,44 @@ def format_explanation(decisions: list[ConvDecision]) -> str:
     return "\n".join(lines)
 
 
+@dataclass(frozen=True)
+class OffloadSummary:
+    """The conv MACs of one module and the share the accelerator runs; `not_offloaded` are the
+    convs left on the CPU, each with its reason. Convs with dynamic shapes count 0 MACs."""
+
+    total_macs: int
+    offloaded_macs: int
+    convs: int
+    offloaded: int
+    not_offloaded: tuple[ConvDecision, ...]
+
+    @property
+    def share(self) -> float:
+        """Offloaded conv MACs over all conv MACs (1.0 for a module without convs)."""
+        return self.offloaded_macs / self.total_macs if self.total_macs else 1.0
+
+    def __str__(self) -> str:
+        lines = [
+            f"conv MACs offloaded: {self.share:.1%} ({self.offloaded_macs:,} of "
+            f"{self.total_macs:,}); {self.offloaded} of {self.convs} conv2d"
+        ]
+        lines += [f"  {d.name} {d.description}: {d.reason}" for d in self.not_offloaded]
+        return "\n".join(lines)
+
+
+def offload_summary(mod: tvm.IRModule, partitioned: tvm.IRModule | None = None) -> OffloadSummary:
+    """Total and offloaded conv MACs of `mod` (before partitioning), from `explain`'s verdicts;
+    `partitioned` as for `explain`."""
+    decisions = explain(mod, partitioned)
+    return OffloadSummary(
+        total_macs=sum(d.macs for d in decisions),
+        offloaded_macs=sum(d.macs for d in decisions if d.fused),
+        convs=len(decisions),
+        offloaded=sum(d.fused for d in decisions),
+        not_offloaded=tuple(d for d in decisions if not d.fused),
+    )
+
+
 # --- graph clean-up -----------------------------------------------------------------------------
 
 
@@ -613,7 +605,7 @@ def _weight_params(func: relax.Function) -> list[relax.Var]:
     num_input = (func.attrs or {}).get("num_input")
     if num_input is not None:
         return list(func.params[int(num_input) :])
-    conv_weights = [b.value.args[1] for b in _bindings(func) if _is_op(b.value, CONV2D)]
+    conv_weights = [b.value.args[1] for b in bindings_of(func) if is_op_call(b.value, CONV2D)]
     return [param for param in func.params if any(param.same_as(w) for w in conv_weights)]
 
 
@@ -629,7 +621,9 @@ def prepare(
     require_bound: bool = True,
     func_name: str = "main",
 ) -> tvm.IRModule:
-    """Bind the weights and fold batch-norm into the convs, so the patterns see conv + bias."""
+    """Bind the weights, fold batch-norm into the convs (so the chains see conv + bias) and
+    turn dense layers into 1x1 convs (`dense.DenseToConv2D`)."""
+    from tvm_convadd.dense import DenseToConv2D
     from tvm_convadd.folding import FoldConstantNumpy
 
     params = params or {}
@@ -661,5 +655,7 @@ def prepare(
         FoldConstantNumpy(),
         relax.transform.FoldConstant(),
         relax.transform.CanonicalizeBindings(),
+        # After the folding, so that a dense's transposed weight is one constant.
+        DenseToConv2D(),
     ]
     return tvm.transform.Sequential(passes, name="PrepareConvAdd")(mod)
