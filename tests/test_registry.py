@@ -70,4 +70,6 @@ def test_describe_targets_lists_every_tag():
     assert table.splitlines()[2].startswith("convadd-sim ")
     default_row = table.splitlines()[2].split()
     assert default_row[1:4] == ["16x16", "ws", "yes"]  # the geometry and dataflow
+    assert "add/mul/max/min" in table.splitlines()[0]
+    assert default_row[4:6] == ["16", "1/1/1/1"]  # lanes, then ALU cycles per op
     assert "32x32" in table and " os " in table

@@ -56,8 +56,14 @@ def test_program_adds_operands_and_tokens(run):
     spans = [e for e in chrome_trace(result, program)["traceEvents"] if e["ph"] == "X"]
     conv = next(e for e in spans if e["args"]["opcode"] == "CONV")
     assert conv["args"]["acc"].startswith("acc[0][") and conv["args"]["stride"] == [1, 1]
+    assert conv["args"]["groups"] == 1
     add = next(e for e in spans if e["args"]["opcode"] == "ADD")
-    assert add["args"]["relu"] is True and add["args"]["wait"] == ["conv", "load"]
+    assert add["args"]["wait"] == ["conv", "load"]
+    region = "[0:1, 0:16, 0:4, 0:16]"
+    assert add["args"]["expression"] == (
+        f"out[0]{region} = max(acc[0]{region} + bias[0][0:1, 0:16, 0:1, 0:1] + res[0]{region}, 0)"
+    )
+    assert add["args"]["ops[1].src"] == f"res[0]{region}"
 
 
 def test_written_trace_is_valid_json(run, tmp_path):
