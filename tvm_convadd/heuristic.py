@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from functools import cache, lru_cache
+from functools import lru_cache
 
 from tvm_convadd.errors import TileConfigError
 from tvm_convadd.schedules.tile_config import AXES, ORDERS, PIPELINES, TileConfig
@@ -95,6 +95,7 @@ def _grid(workload: Workload, config: TileConfig) -> _Grid:
     return _Grid(spatial, channel, config.order == "channel_outer")
 
 
+@lru_cache(maxsize=65536)
 def tile_cost(
     workload: Workload,
     axis: str,
@@ -137,7 +138,7 @@ def tile_cost(
     tensors = len(wl.operand_shapes) - vectors
     return TileCost(
         loads=loads,
-        conv=conv_groups * hardware.conv_cycles(pixels, reduction, conv_channels),
+        conv=hardware.conv_cycles(pixels, reduction, conv_channels, conv_groups),
         add=add_cycles(hardware, out, tuple(op.op for op in wl.epilogue)),
         store=hardware.region_dma_cycles(out_region, wl.out_shape, dtype),
         tile_bytes=(
@@ -184,7 +185,6 @@ def estimate(workload: Workload, config: TileConfig, hardware: HardwareConfig) -
     axis = config.axis if config.axis != "channel" else "height"
     spatial_tiled = config.axis != "channel"
 
-    @cache
     def cost(rows: int, channels: int) -> TileCost:
         return tile_cost(workload, axis, rows, hardware, channels)
 
@@ -194,6 +194,11 @@ def estimate(workload: Workload, config: TileConfig, hardware: HardwareConfig) -
     once_names = ["wgt"] if config.channel_count == 1 else []
     if config.channel_count == 1:
         once_names += [n for n, s in workload.operand_shapes.items() if s != workload.out_shape]
+    shapes = {  # distinct tile shapes (at most four: full and ragged along each axis)
+        (r, c): grid.spatial.count(r) * grid.channel.count(c)
+        for r in set(grid.spatial)
+        for c in set(grid.channel)
+    }
     first = cost(grid.spatial[0], grid.channel[0])
     once = sum(first.loads[name] for name in once_names)  # all channels: one channel tile
     busy = {"conv": 0, "add": 0, "store": 0, "load": once}
@@ -207,15 +212,14 @@ def estimate(workload: Workload, config: TileConfig, hardware: HardwareConfig) -
         outer, inner = (nc, ns) if grid.channel_outer else (ns, nc)
         on_outer, on_inner = (on_c, on_s) if grid.channel_outer else (on_s, on_c)
         count = _loads(outer, inner, slots, on_outer, on_inner)
-        total = sum(cost(r, c).loads[name] for r in grid.spatial for c in grid.channel)
+        total = sum(n * cost(r, c).loads[name] for (r, c), n in shapes.items())
         mean[name] = total / tiles
         busy["load"] += round(count * mean[name])
-    for rows in grid.spatial:
-        for channels in grid.channel:
-            tile = cost(rows, channels)
-            busy["conv"] += tile.conv
-            busy["add"] += tile.add
-            busy["store"] += tile.store
+    for (rows, channels), n in shapes.items():
+        tile = cost(rows, channels)
+        busy["conv"] += n * tile.conv
+        busy["add"] += n * tile.add
+        busy["store"] += n * tile.store
     first_load = sum(first.loads[n] for n in mean)
     conv_operands = sum(first.loads[n] for n in ("inp", "wgt") if n in mean)
     # the first tile: its loads, conv, add, store; software pipelining issues the epilogue's
