@@ -38,7 +38,7 @@ def operand_buffer(operand: str) -> str:
 
 
 def epilogue_family(buffer: str) -> str | None:
-    """"res", "bias" or "scale" for an epilogue operand's buffer (res, res_2, ...), else None."""
+    """The family (res, bias or scale) of an epilogue operand's buffer (res_2, ...), else None."""
     base, separator, number = buffer.partition("_")
     numbered = number.isascii() and number.isdigit() and int(number) >= 2
     if base in EPILOGUE_KINDS and (numbered or not separator):

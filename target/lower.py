@@ -12,31 +12,38 @@ same TIR and works for every tile.
 
 Checked instructions (Exo's idea): the annotations are claims, and the lowering checks each
 stage block's body against the semantics of the instruction it becomes before emitting it. A
-CONV block must be the multiply-accumulate `acc[n, k, y, x] += inp[n, c, y*sh + r, x*sw + s] *
-wgt[k, c, r, s]` after a zero init, reducing over the weight's whole C x R x S, with groups 1
-and dilation 1; its stride is read off the input's index, never taken from the Workload (a
-tile of one output row shows no stride along it, and any stride computes the same there: the
-CONV says 1). An ADD block must be `acc [+ bias[k]] + res` in any operand order, optionally
-under `max(., 0)`, which gives its relu. A LOAD must be a copy, possibly guarded by exactly
-the bounds of the source (its padding: zeros outside the tensor), and a STORE a copy. A block
-that computes anything else raises a one-line ProgramError naming the block, the expected form
-and what it found. Each distinct block is checked once; per tile, a few integers are compared.
+CONV block must be the multiply-accumulate `acc[n, k, y, x] += inp[n, (k // ng) * cg + c,
+y*sh + r, x*sw + s] * wgt[k, c, r, s]` after a zero init, reducing over the weight's whole
+C x R x S with dilation 1; its stride and group size are read off the input's index, never
+taken from the Workload (a tile of one output row shows no stride along it, and any stride
+computes the same there: the CONV says 1; a tile within one group shows no k in the input
+channel: the CONV has groups 1). An ADD block must be a chain of ALU ops over the accumulator,
+read from the outside in (each node's one side reads acc, the other is its operand: a
+tensor, a per-channel vector or a constant), which gives its op list. A LOAD must be a copy,
+possibly guarded by exactly the bounds of the source (its padding: zeros outside the tensor),
+and a STORE a copy. A block that computes anything else raises a one-line ProgramError naming
+the block, the expected form and what it found. Each distinct block is checked once; per tile,
+a few integers are compared.
 
+A LOAD of a window its destination slot already holds is dropped (a 2-D grid reuses weights
+across spatial tiles, or inputs across channel tiles, when the same slot comes round again).
 Dependency tokens are then derived from the operands alone: an instruction waits for the
 last writer of every slot region it reads (RAW) and for the readers and writer of every slot
 region it overwrites (WAR, WAW) on other units, keeping only the tokens not already implied.
+`lower_to_program` is pure and memoized: the tuner and the codegen never lower twice.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from functools import lru_cache
 from typing import TYPE_CHECKING
 
 import tvm
 import tvm_ffi
 from tvm import s_tir, sym, tirx
 
-from tvm_convadd.errors import BufferOverflowError, ProgramError
+from tvm_convadd.errors import BufferOverflowError, ProgramError, TileConfigError
 from tvm_convadd.schedules.convadd import schedule_convadd
 from tvm_convadd.schedules.tile_config import TileConfig
 from tvm_convadd.schedules.workload import Workload
@@ -44,6 +51,7 @@ from tvm_convadd.target.annotations import STAGE_ROOT_ATTR, UNIT_ATTR
 from tvm_convadd.target.isa import (
     UNITS,
     Add,
+    AluOp,
     BufferDecl,
     Conv,
     Dram,
@@ -92,11 +100,17 @@ def lower_to_program(
     """Schedule, lower and walk: the Program that runs `workload` tiled as `config`.
 
     With `hardware`, buffers are checked against its capacities (BufferOverflowError names the
-    smallest tile count that fits)."""
-    program = lower_module(schedule_convadd(workload, config).mod, workload, config)
+    smallest tile count that fits). Memoized on (workload, config): the same Program object
+    comes back for the same pair, so treat it as immutable."""
+    program = _lowered(workload, config)
     if hardware is not None:
         check_fits(program, hardware, workload, config)
     return program
+
+
+@lru_cache(maxsize=256)
+def _lowered(workload: Workload, config: TileConfig) -> Program:
+    return lower_module(schedule_convadd(workload, config).mod, workload, config)
 
 
 def lower_module(
@@ -105,10 +119,11 @@ def lower_module(
     """LowerToProgram proper: the Program a scheduled module's `main` computes, read from its TIR.
 
     Every stage block is checked against the instruction it becomes (ProgramError if it computes
-    something else); CONV strides, ADD relu and bias come from the blocks' bodies. DRAM tensors
-    are the PrimFunc's params, named after their buffers, the last one (the result) `output`.
-    With `workload`, the module must compute it: the same tensors, and the strides, relu and
-    bias the blocks compute are the workload's. `workload` and `config` go into the meta."""
+    something else); CONV strides and groups and the ADD op list come from the blocks' bodies.
+    DRAM tensors are the PrimFunc's params, named after their buffers, the last one (the result)
+    `output`. With `workload`, the module must compute it: the same tensors, and the strides,
+    groups and epilogue chain the blocks compute are the workload's. `workload` and `config` go
+    into the meta."""
     func = lower_tir(mod)["main"]
     params = list(func.params)
     names = [param.name for param in params[:-1]] + ["output"]
@@ -125,7 +140,7 @@ def lower_module(
         meta["workload"] = workload.to_dict()
     if config is not None:
         meta["config"] = config.to_dict()
-    streams = derive_tokens(drop_dead(walker.instructions))
+    streams = derive_tokens(drop_reloads(drop_dead(walker.instructions)))
     return Program(streams, dict(walker.decls), tensors, dtype, meta)
 
 
@@ -147,16 +162,47 @@ def _check_claims(walker: _Walker, tensors: dict, dtype: str, workload: Workload
                         f"{where} computes a conv with stride {got} along {axis}; the workload "
                         f"{workload} claims {claimed}"
                     )
+            size, claimed = meaning.group_size, workload.group_out_channels
+            if size is not None and size != claimed:
+                raise ProgramError(
+                    f"{where} computes a grouped conv with {size} output channel(s) per group; "
+                    f"the workload {workload} claims {claimed} ({workload.groups} groups)"
+                )
         elif meaning.unit == "add":
-            for what, got, claimed in (
-                ("relu", meaning.relu, workload.relu),
-                ("bias", meaning.bias, workload.bias),
-            ):
-                if got != claimed:
-                    does = "applies" if got else "has no"
-                    raise ProgramError(
-                        f"{where} {does} {what}; the workload {workload} claims {what}={claimed}"
-                    )
+            _check_epilogue(walker, where, meaning.ops, workload)
+    for conv in walker.instructions:
+        if not isinstance(conv, Conv):
+            continue
+        channels, per_group = conv.acc.region[1][1], workload.group_out_channels
+        dense_within_group = conv.groups == 1 and channels <= per_group
+        if not dense_within_group and channels != conv.groups * per_group:
+            raise ProgramError(
+                f"a CONV of {channels} output channels in {conv.groups} group(s) "
+                f"({conv.acc}); the workload {workload} has {per_group} output channels a group"
+            )
+
+
+def _check_epilogue(walker: _Walker, where: str, ops: tuple, workload: Workload) -> None:
+    """The ADD's op list is the workload's chain, each operand loaded from its DRAM tensor."""
+    got = [(op, kind, value) for op, kind, _, value in ops]
+    claimed = [(e.op, e.kind, e.value) for e in workload.epilogue]
+    if got != claimed:
+        raise ProgramError(
+            f"{where} computes the epilogue {_chain(got)}; the workload {workload} claims "
+            f"{_chain(claimed)}"
+        )
+    for (op, kind, buffer, _), name in zip(ops, workload.operand_names):
+        source = walker.sources.get(buffer)
+        if buffer is not None and source != name:
+            raise ProgramError(
+                f"{where}: its {op} {kind} reads {buffer}, loaded from {source}; the workload "
+                f"{workload} takes that operand from {name}"
+            )
+
+
+def _chain(ops: list) -> str:
+    steps = [f"{op} {value:g}" if kind == "const" else f"{op} {kind}" for op, kind, value in ops]
+    return "[" + ", ".join(steps) + "]"
 
 
 def _shapes(tensors: dict) -> str:
@@ -244,7 +290,7 @@ class _Walker:
                 raise mismatch(block, "load", "it fills zeros and declares no one DRAM read")
         write = self._operand(store, env, domain, name=meaning.buffer)
         reads = {self._name(a.buffer): self._operand(a, env, domain) for a in loads}
-        self.instructions.append(self._instruction(block, meaning, write, reads, env))
+        self.instructions.append(self._instruction(block, meaning, write, reads, env, domain))
 
     def _meaning(self, block, loops) -> Meaning:
         """What the block computes, checked against its annotations (once per distinct block)."""
@@ -330,7 +376,9 @@ class _Walker:
             raise ProgramError(f"buffer {buf.name!r} is read before any stage fills it")
         return name
 
-    def _instruction(self, block, meaning: Meaning, write, reads: dict, env) -> Instruction:
+    def _instruction(
+        self, block, meaning: Meaning, write, reads: dict, env: dict, domain: dict
+    ) -> Instruction:
         """The instruction of one tile's instance of a checked block, its operands checked too."""
         if meaning.unit == "load":
             (src,) = reads.values()
@@ -341,6 +389,7 @@ class _Walker:
                 wgt=reads["wgt"],
                 acc=write,
                 stride=tuple(s or 1 for s in meaning.stride),  # any stride, for one row
+                groups=self._groups(block, meaning, write, env, domain),
             )
             weight = self.tensors.get(self.sources.get("wgt", ""))
             taps = tuple(extent for _, extent in conv.wgt.region[1:])
@@ -353,15 +402,33 @@ class _Walker:
                 )
             return conv
         if meaning.unit == "add":
-            return Add(
-                acc=reads["acc"],
-                res=reads["res"],
-                out=write,
-                bias=reads.get("bias"),
-                relu=meaning.relu,
+            ops = tuple(
+                AluOp(op, kind, None if buffer is None else reads[buffer], value)
+                for op, kind, buffer, value in meaning.ops
             )
+            return Add(acc=reads["acc"], out=write, ops=ops)
         (src,) = reads.values()
         return Store(src=src, dst=write)
+
+    def _groups(self, block, meaning: Meaning, acc: Slot, env: dict, domain: dict) -> int:
+        """The CONV's groups on this tile: its acc channels / ng when they span several groups of
+        `((k + b) // ng) * cg + c`, 1 when they lie within one (or the input ignores k)."""
+        size = meaning.group_size
+        if size is None:
+            return 1
+        offset = self._const(meaning.group_offset, env)
+        low, high = domain[meaning.group_var]
+        if (low + offset) // size == (high + offset) // size:
+            return 1
+        channels = high - low + 1
+        if (low + offset) % size or channels % size:
+            raise mismatch(
+                block,
+                "conv",
+                f"its {channels} output channels {acc} start {(low + offset) % size} into a "
+                f"group of {size}: a CONV's groups are whole",
+            )
+        return channels // size
 
     def _load(self, block, meaning: Meaning, dst: Slot, src: Dram, env: dict) -> Load:
         """The LOAD of window `src`, zeros outside the tensor, if that is what the tile does."""
@@ -470,6 +537,30 @@ def _is_read(instructions: list[Instruction], index: int) -> bool:
     return False
 
 
+def drop_reloads(instructions: list[Instruction]) -> list[Instruction]:
+    """Remove a LOAD whose destination region already holds exactly its window (the same
+    tensor, src region and pad, in the same slot and region, not overwritten since): a 2-D
+    grid's weights for a spatial tile, or inputs for a channel tile, when the slot comes round
+    again. The earlier LOAD then stands as the writer its readers wait for."""
+    holding: dict[tuple[str, int], list[Load]] = {}  # (buffer, slot) -> LOADs still intact
+    kept = []
+    for inst in instructions:
+        if isinstance(inst, Load):
+            held = holding.get((inst.dst.buffer, inst.dst.slot), ())
+            if any(
+                (h.dst.region, h.src, h.pad) == (inst.dst.region, inst.src, inst.pad) for h in held
+            ):
+                continue
+        for written in inst.writes():
+            key = (written.buffer, written.slot)
+            intact = [
+                h for h in holding.get(key, ()) if not _overlaps(h.dst.region, written.region)
+            ]
+            holding[key] = intact + [inst] * isinstance(inst, Load)
+        kept.append(inst)
+    return kept
+
+
 def derive_tokens(instructions: list[Instruction]) -> dict[str, tuple[Instruction, ...]]:
     """Split a sequential instruction list into unit streams with the fewest tokens that keep
     every on-chip read after its write and every overwrite after the reads it would clobber."""
@@ -521,18 +612,30 @@ def derive_tokens(instructions: list[Instruction]) -> dict[str, tuple[Instructio
 def check_fits(
     program: Program, hardware: HardwareConfig, workload: Workload, config: TileConfig
 ) -> None:
-    """Raise BufferOverflowError naming the buffer, the bytes, and the smallest N that fits."""
+    """Raise BufferOverflowError naming the buffer, the bytes, and the smallest tiling that fits:
+    more tiles along the config's axis, else (a spatial axis) a grid with more channel tiles."""
     over = overflowing(program, hardware)
     if not over:
         return
     details = "; ".join(f"{name} needs {need} B, has {cap} B" for name, (need, cap) in over.items())
     smallest = smallest_fitting_tiles(workload, config, hardware)
-    if smallest is not None:
-        fix = f"use at least {smallest} tiles along {config.axis}"
+    axis = config.axis
+    if smallest is not None and smallest.channel_tiles == config.channel_tiles:
+        fix = f"use at least {smallest.n_tiles} tiles along {axis}"
+    elif smallest is not None:
+        fix = (
+            f"no tile count along {axis} alone fits: use channel_tiles={smallest.channel_tiles} "
+            f"with {smallest.n_tiles} tile(s) along {axis}"
+        )
+    elif axis == "channel":
+        fix = (
+            "no tile count along channel fits: tile a spatial axis or pick a target with bigger "
+            "buffers"
+        )
     else:
         fix = (
-            f"no tile count along {config.axis} fits: tile another axis or pick a target "
-            "with bigger buffers"
+            f"no tile count along {axis}, nor any with channel_tiles, fits: pick a target with "
+            "bigger buffers"
         )
     raise BufferOverflowError(
         f"{workload} with {config} does not fit {hardware.name}: {details}; {fix}"
@@ -541,16 +644,55 @@ def check_fits(
 
 def smallest_fitting_tiles(
     workload: Workload, config: TileConfig, hardware: HardwareConfig
-) -> int | None:
-    """The smallest tile count >= config's whose program fits, trying each distinct tile size."""
+) -> TileConfig | None:
+    """The config with the fewest tiles that fits, more tiles than `config` along its axis;
+    failing that, for a spatial axis, the grid of spatial x channel tiles (channel tiles more
+    than config's) with the fewest tiles. Fitting is monotone in each count (tiles only shrink
+    as a count grows), so each axis is a binary search over its distinct tile lengths."""
+
+    def fits(candidate: TileConfig) -> bool:
+        return not overflowing(lower_to_program(workload, candidate), hardware)
+
     extent = config.axis_extent(workload)
-    tried = set()
-    for n_tiles in range(config.n_tiles + 1, extent + 1):
-        tile = -(-extent // n_tiles)
-        if tile in tried:
-            continue
-        tried.add(tile)
-        candidate = replace(config, n_tiles=n_tiles)
-        if not overflowing(lower_to_program(workload, candidate), hardware):
-            return n_tiles
-    return None
+    found = _first_fit(
+        [replace(config, n_tiles=n) for n in _counts(extent, config.n_tiles + 1)], fits
+    )
+    if found is not None or config.axis == "channel":
+        return found
+    best = None
+    for channel_tiles in _counts(workload.out_channels, config.channel_tiles + 1):
+        if best is not None and channel_tiles * config.n_tiles >= best.total_tiles:
+            break
+        grid = replace(config, channel_tiles=channel_tiles)
+        try:
+            grid.validate(workload)
+        except TileConfigError:
+            continue  # its channel tiles would straddle groups
+        counts = _counts(extent, config.n_tiles)
+        candidate = _first_fit([replace(grid, n_tiles=n) for n in counts], fits)
+        if candidate is not None and (best is None or candidate.total_tiles < best.total_tiles):
+            best = candidate
+    return best
+
+
+def _counts(extent: int, start: int) -> list[int]:
+    """Tile counts start..extent, the smallest of each distinct tile length."""
+    counts, lengths = [], set()
+    for count in range(start, extent + 1):
+        length = -(-extent // count)
+        if length not in lengths:
+            lengths.add(length)
+            counts.append(count)
+    return counts
+
+
+def _first_fit(candidates: list[TileConfig], fits) -> TileConfig | None:
+    """The first candidate that fits, by bisection: fitting is monotone along the list."""
+    low, high = 0, len(candidates)
+    while low < high:
+        middle = (low + high) // 2
+        if fits(candidates[middle]):
+            high = middle
+        else:
+            low = middle + 1
+    return candidates[low] if low < len(candidates) else None

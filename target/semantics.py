@@ -2,11 +2,12 @@
 
 Each stage block becomes one instruction, so its body must compute exactly that instruction's
 semantics (Exo's checked instructions). A CONV block must be a zero-initialised
-multiply-accumulate whose input index is `y*stride + r` over the weight's whole C x R x S; an
-ADD block the sum of the accumulator and the residual (and a bias broadcast over channels),
-optionally under max(., 0); a LOAD a copy from DRAM guarded by the bounds of its source; a
-STORE a copy to DRAM. `read_meaning` returns the stride, relu, bias and padding sides it
-found, or raises a one-line ProgramError naming the block, the expected form and what it found.
+multiply-accumulate whose input index is `y*stride + r` over the weight's whole C x R x S, its
+input channel `(k // ng) * cg + c` for a grouped conv; an ADD block a chain of ALU ops over the
+accumulator (add, mul, max, min; each with an out-shaped tensor, a per-channel vector or a
+constant); a LOAD a copy from DRAM guarded by the bounds of its source; a STORE a copy to DRAM.
+`read_meaning` returns the stride, groups, op list and padding sides it found, or raises a
+one-line ProgramError naming the block, the expected form and what it found.
 """
 
 from __future__ import annotations
@@ -19,7 +20,14 @@ import tvm_ffi
 from tvm import sym, tirx
 
 from tvm_convadd.errors import ProgramError
-from tvm_convadd.target.annotations import BUFFER_ATTR, UNIT_ATTR, UNIT_BUFFERS
+from tvm_convadd.target.annotations import (
+    BUFFER_ATTR,
+    EPILOGUE_KINDS,
+    UNIT_ATTR,
+    UNIT_BUFFERS,
+    epilogue_family,
+    unit_fills,
+)
 from tvm_convadd.target.isa import UNITS
 
 if TYPE_CHECKING:
@@ -38,8 +46,14 @@ def substitute(expr, env: dict):
 
 _FORMS = {
     "load": "a copy dst[i] = src[i + o], zero outside src: if_then_else(bounds of src, src, 0)",
-    "conv": "acc[n, k, y, x] = 0, then += inp[n, c, y*sh + r, x*sw + s] * wgt[k, c, r, s]",
-    "add": "out = acc [+ bias[k]] + res, optionally max(., 0)",
+    "conv": (
+        "acc[n, k, y, x] = 0, then += inp[n, (k // ng) * cg + c, y*sh + r, x*sw + s] * "
+        "wgt[k, c, r, s]"
+    ),
+    "add": (
+        "out = a chain v = op(v, x) from v = acc, op add/mul/max/min, x a tensor res[n, k, y, x],"
+        " a channel vector bias[0, k, 0, 0] or a constant"
+    ),
     "store": "a copy dram[i + o] = out[i]",
 }
 
@@ -52,8 +66,10 @@ class Meaning:
     unit: str
     buffer: str  # the on-chip buffer it fills ("store": the DRAM output)
     stride: tuple[int | None, int | None] = (None, None)  # conv; None: the tile has one row/col
-    relu: bool = False  # add
-    bias: bool = False  # add
+    group_size: int | None = None  # conv: ng, None when the input channel ignores k
+    group_var: object = None  # conv: the loop over k that the group index divides
+    group_offset: object = None  # conv: b in (k + b) // ng, an expression of the outer loops
+    ops: tuple[tuple[str, str, str | None, float | None], ...] = ()  # add: (op, kind, buf, value)
     fill: str = ""  # load: "copy", "padded" or "zero" (a window wholly in padding)
     unguarded: tuple[tuple[int, int], ...] = ()  # load: (dim, 0 low / 1 high) read unchecked
     residual: tuple = ()  # load: (slack, atom) of comparisons no bound until the tile is known
@@ -170,10 +186,11 @@ def read_meaning(block, ix: Indexing, walker: _Walker) -> Meaning:
     unit, buffer = str(block.annotations[UNIT_ATTR]), str(block.annotations[BUFFER_ATTR])
     if unit not in UNIT_BUFFERS:
         raise ProgramError(f"stage for unknown unit {unit!r}; units are {UNITS}")
-    if buffer not in UNIT_BUFFERS[unit]:
+    if not unit_fills(unit, buffer):
+        also = ", res, bias, scale (res_2, ...)" if unit == "load" else ""
         raise ProgramError(
             f"stage block {block.name_hint!r} ({unit} unit) fills {buffer!r}: a {unit} stage "
-            f"fills one of {list(UNIT_BUFFERS[unit])}"
+            f"fills one of {list(UNIT_BUFFERS[unit])}{also}"
         )
     check = {"load": _load_meaning, "conv": _conv_meaning, "add": _add_meaning}
     meaning = Meaning(block.name_hint, unit, buffer)
@@ -352,48 +369,73 @@ def _store_meaning(block, ix: Indexing, walker: _Walker, meaning: Meaning) -> Me
     return meaning
 
 
+_ALU_NODES = {tirx.Add: "add", tirx.Mul: "mul", tirx.Max: "max", tirx.Min: "min"}
+
+
 def _add_meaning(block, ix: Indexing, walker: _Walker, meaning: Meaning) -> Meaning:
+    """Peel the epilogue expression from the outside in: each node is one ALU op whose one
+    side is the chain so far (it reads acc) and whose other side is its operand."""
     store = _single_store(block, "add")
     out = _copy_rows(block, "add", ix, store)
-    value, relu = store.value, False
-    if isinstance(value, tirx.Max):
-        floor, inner = (
-            (value.b, value.a) if isinstance(value.b, tirx.FloatImm) else (value.a, value.b)
+    value, ops = store.value, []
+
+    def reads_acc(expr) -> bool:
+        found = []
+
+        def visit(node):
+            if walker._role(node.source) == ("chip", "acc"):
+                found.append(node)
+
+        tvm_ffi.structural_walk(expr, (tvm.ir.TensorLoad, visit), order="pre")
+        return bool(found)
+
+    while not (
+        isinstance(value, tvm.ir.TensorLoad) and walker._role(value.source) == ("chip", "acc")
+    ):
+        op = _ALU_NODES.get(type(value))
+        if op is None:
+            raise mismatch(block, "add", f"it computes {_describe(value)} in {show_expr(store)}")
+        left, right = reads_acc(value.a), reads_acc(value.b)
+        if left == right:
+            which = "both" if left else "neither"
+            raise mismatch(block, "add", f"{which} side of {show_expr(value)} reads acc")
+        chain, operand = (value.a, value.b) if left else (value.b, value.a)
+        ops.append((op, *_alu_operand(block, ix, walker, store, out, op, operand)))
+        value = chain
+    _check_elementwise(block, "add", ix, value, store, out)
+    return replace(meaning, ops=tuple(reversed(ops)))
+
+
+def _alu_operand(block, ix: Indexing, walker: _Walker, store, out, op: str, operand):
+    """(kind, buffer, value) of one ALU op's operand: a constant, an out-shaped tensor or a
+    per-channel vector, from an epilogue operand's buffer that holds that kind."""
+    if isinstance(operand, tirx.FloatImm):
+        return "const", None, float(operand.value)
+    if not isinstance(operand, tvm.ir.TensorLoad):
+        raise mismatch(block, "add", f"it {op}s {_describe(operand)} in {show_expr(store)}")
+    where, name = walker._role(operand.source)
+    family = epilogue_family(name) if where == "chip" else None
+    if family is None:
+        raise mismatch(block, "add", f"it {op}s {_Shown(operand)}, no epilogue operand's buffer")
+    rows, zero = ix.rows(operand.indices), ix.unit(None)
+    kinds = {
+        kind
+        for kind, form in (("tensor", out), ("channel", [zero, out[1], zero, zero]))
+        if rows == form
+    }
+    holds = EPILOGUE_KINDS[family]
+    if not kinds:
+        raise mismatch(
+            block,
+            "add",
+            f"{_Shown(operand)} is neither {_Shown(store)} element by element nor its "
+            "channel's [0, k, 0, 0]",
         )
-        if not isinstance(floor, tirx.FloatImm):
-            raise mismatch(block, "add", f"it takes the max of two terms: {show_expr(value)}")
-        if not _is_zero(floor):
-            raise mismatch(
-                block,
-                "add",
-                f"it takes max(., {float(floor.value)}) (relu is max(., 0)) of {show_expr(inner)}",
-            )
-        value, relu = inner, True
-    operands: dict[str, object] = {}
-    for term in _terms(value):
-        if not isinstance(term, tvm.ir.TensorLoad):
-            raise mismatch(block, "add", f"it computes {_describe(term)} in {show_expr(value)}")
-        kind, name = walker._role(term.source)
-        if kind != "chip" or name not in ("acc", "bias", "res") or name in operands:
-            raise mismatch(block, "add", f"it adds {_Shown(term)} in {show_expr(value)}")
-        operands[name] = term
-    missing = [name for name in ("acc", "res") if name not in operands]
-    if missing:
-        raise mismatch(block, "add", f"{show_expr(value)} has no {' or '.join(missing)} term")
-    for name in ("acc", "res"):
-        term = operands[name]
-        _check_elementwise(block, "add", ix, term, store, out)
-    bias = operands.get("bias")
-    if bias is not None:
-        rows = ix.rows(bias.indices)
-        zero = ix.unit(None)
-        if rows is None or len(rows) != 4 or rows != [zero, out[1], zero, zero]:
-            raise mismatch(
-                block,
-                "add",
-                f"{_Shown(bias)} is no per-channel bias of {_Shown(store)}",
-            )
-    return replace(meaning, relu=relu, bias=bias is not None)
+    if holds not in kinds:  # both forms agree where n, y and x are fixed: the buffer decides
+        raise mismatch(
+            block, "add", f"it reads {_Shown(operand)} as a {kinds.pop()}; {name} holds a {holds}"
+        )
+    return holds, name, None
 
 
 def _conv_meaning(block, ix: Indexing, walker: _Walker, meaning: Meaning) -> Meaning:
@@ -443,12 +485,16 @@ def _conv_meaning(block, ix: Indexing, walker: _Walker, meaning: Meaning) -> Mea
         raise fail(f"it accumulates {_describe(product)}, not inp * wgt")
     inp, wgt = loads[("chip", "inp")], loads[("chip", "wgt")]
     inp_text, wgt_text = _Shown(inp), _Shown(wgt)
+    channel_dim = len(inp.indices) - 3  # [slot,] n, c, h, w
+    inp_channel = inp.indices[channel_dim]
+    inp_indices = list(inp.indices)
+    inp_indices[channel_dim] = tirx.const(0, "int32")  # checked on its own: (k // ng) * cg + c
 
     out = ix.pure(ix.rows(update.indices))
     if out is None or len(out) != 4:
         raise fail(f"it accumulates into {acc_name}, not acc[n, k, y, x] of its loops")
     reduction = [j for j in range(len(ix.vars)) if j not in out]
-    wgt_rows, inp_rows = ix.rows(wgt.indices), ix.rows(inp.indices)
+    wgt_rows, inp_rows = ix.rows(wgt.indices), ix.rows(inp_indices)
     if wgt_rows is None or len(wgt_rows) != 4 or inp_rows is None or len(inp_rows) != 4:
         raise fail(f"{inp_text} * {wgt_text} is not indexed affinely by its loops")
     if wgt_rows[0] != ix.unit(out[1]):
@@ -464,10 +510,7 @@ def _conv_meaning(block, ix: Indexing, walker: _Walker, meaning: Meaning) -> Mea
         raise fail(f"its reduction loops {names} do not index wgt's c, r and s once each")
     if inp_rows[0] != ix.unit(out[0]):
         raise fail(f"the input's batch in {inp_text} is not acc's in {acc_name}")
-    if inp_rows[1] != ix.unit(taps[0]):
-        if out[1] is not None and inp_rows[1][out[1]]:
-            raise fail(f"the input channel in {inp_text} moves with the output channel: groups")
-        raise fail(f"the input channel in {inp_text} is not the weight's in {wgt_text}")
+    group_size, group_offset = _group_form(inp_channel, out[1], taps[0], ix, inp_text, fail)
     stride = []
     for dim, axis, pixel, tap in ((2, "h", out[2], taps[1]), (3, "w", out[3], taps[2])):
         row = inp_rows[dim]
@@ -481,7 +524,46 @@ def _conv_meaning(block, ix: Indexing, walker: _Walker, meaning: Meaning) -> Mea
             raise fail(f"the input's {axis} in {inp_text} is not y*stride + r of acc and wgt")
         stride.append(step)
     _check_init_guard(guard, [ix.loops[j] for j in reduction], ix, fail)
-    return replace(meaning, stride=tuple(stride))
+    return replace(
+        meaning,
+        stride=tuple(stride),
+        group_size=group_size,
+        group_var=None if group_size is None else ix.vars[out[1]],
+        group_offset=group_offset,
+    )
+
+
+def _group_form(index, k: int | None, c: int | None, ix: Indexing, inp_text: str, fail):
+    """(ng, b) of an input channel index `((k + b) // ng) * cg + c` (b: outer loops only), with
+    cg the extent of the weight's c loop; (None, None) for plain `c` (no groups within the
+    block), (1, 0) for `k * cg + c`."""
+    cg = 1 if c is None else ix.loops[c][2]
+    expected = ix.unit(c)
+    index = ix.analyzer.simplify(ix.expr(index))
+    row = ix.coefficients(index)
+    if row == expected:
+        return None, None
+    if k is not None and row == tuple(a + b for a, b in zip(ix.unit(k, cg), expected)):
+        return 1, tirx.const(0, "int32")
+    divisions = []
+    tvm_ffi.structural_walk(index, (tirx.FloorDiv, divisions.append), order="pre")
+    shown = f"the input channel in {inp_text}"
+    if row is not None or k is None or len(divisions) != 1:
+        raise fail(f"{shown} is not (k // ng) * {cg} + c of acc's k and wgt's c")
+    (division,) = divisions
+    numerator, size = division.a, division.b
+    by_size = isinstance(size, tirx.IntImm) and size.value >= 1
+    if not by_size or ix.coefficients(numerator) != ix.unit(k):
+        raise fail(f"{shown} divides {show_expr(division)}, not acc's k by a group size")
+    group = tirx.Var("group", "int32")
+    flat = tvm_ffi.structural_map(index, (tirx.FloorDiv, lambda _: group), order="post")
+    found = sym.detect_linear_equation(flat, [*ix.vars, group])
+    coefficients = [ix.analyzer.simplify(x) for x in list(found)[:-1]] if found else []
+    wanted = [*expected, cg]
+    if [int(x.value) if isinstance(x, tirx.IntImm) else None for x in coefficients] != wanted:
+        raise fail(f"{shown} is not (k // {size.value}) * {cg} + c of acc's k and wgt's c")
+    offset = ix.analyzer.simplify(numerator - ix.vars[k])
+    return int(size.value), offset
 
 
 def _check_init_guard(guard, reduction: list, ix: Indexing, fail) -> None:

@@ -1,18 +1,34 @@
-"""Lowering scheduled TIR to unit streams: regions, slots and tokens follow from the schedule."""
+"""Lowering scheduled TIR to unit streams: regions, slots and tokens follow from the schedule, and
+the lowered programs compute what torch computes on the simulator."""
 
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
 from tvm_convadd import TileConfig, Workload
-from tvm_convadd.target.isa import UNITS, Conv, Load, Program, Store
-from tvm_convadd.target.lower import derive_tokens, lower_to_program
+from tvm_convadd.errors import BufferOverflowError
+from tvm_convadd.schedules.workload import (
+    BIAS,
+    RELU,
+    RESIDUAL,
+    SCALE,
+    EpilogueOp,
+    standard_epilogue,
+)
+from tvm_convadd.target.hardware import load_config
+from tvm_convadd.target.isa import UNITS, Add, Conv, Load, Program, Store
+from tvm_convadd.target.lower import derive_tokens, drop_reloads, lower_to_program
+from tvm_convadd.target.simulator import simulate
 
 MODES = ("none", "software", "vthread")
-WORKLOAD = Workload(1, 4, 8, 8, 4, 3, 3, (1, 1), (1, 1, 1, 1), bias=True, relu=True)
+ORDERS = ("spatial_outer", "channel_outer")
+WORKLOAD = Workload(
+    1, 4, 8, 8, 4, 3, 3, (1, 1), (1, 1, 1, 1), epilogue=standard_epilogue(bias=True, relu=True)
+)
 STRIDED = Workload(1, 3, 15, 13, 5, 3, 3, (2, 2), (1, 1, 1, 1))
 
 
@@ -32,6 +48,19 @@ def test_stores_cover_the_output_exactly_once(workload, axis, mode):
             covered[tuple(slice(s, s + e) for s, e in store.dst.region)] += 1
         assert (covered == 1).all()
         assert len(stores(program)) == TileConfig(n_tiles, axis).effective_tiles(workload)
+
+
+@pytest.mark.parametrize("order", ORDERS)
+@pytest.mark.parametrize("mode", MODES)
+def test_grid_stores_cover_the_output_exactly_once(mode, order):
+    for n_tiles, channel_tiles in ((2, 2), (3, 2), (2, 5)):
+        config = TileConfig(n_tiles, "width", mode, channel_tiles=channel_tiles, order=order)
+        program = lower_to_program(STRIDED, config)
+        covered = np.zeros(STRIDED.out_shape, dtype=int)
+        for store in stores(program):
+            covered[tuple(slice(s, s + e) for s, e in store.dst.region)] += 1
+        assert (covered == 1).all()
+        assert len(stores(program)) == config.effective_tiles(STRIDED)
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -122,38 +151,56 @@ PADDING_ONLY = {
     "height_strided": Workload(1, 2, 2, 3, 2, 1, 1, stride=(3, 1), padding=(1, 0, 0, 0)),
     "width_asymmetric": Workload(1, 2, 3, 2, 2, 3, 1, stride=(1, 3), padding=(1, 1, 1, 0)),
     "both_asymmetric": Workload(
-        1, 2, 1, 1, 3, 1, 1, stride=(2, 2), padding=(1, 1, 0, 0), bias=True, relu=True
+        1, 2, 1, 1, 3, 1, 1, stride=(2, 2), padding=(1, 1, 0, 0), epilogue=(BIAS, RESIDUAL, RELU)
     ),
     # not one padding-only window for the whole conv, but whole tiles of them
     "tiles_in_padding": Workload(
-        2, 2, 3, 4, 3, 2, 2, stride=(2, 2), padding=(2, 0, 1, 3), bias=True, relu=True
+        2, 2, 3, 4, 3, 2, 2, stride=(2, 2), padding=(2, 0, 1, 3), epilogue=(BIAS, RESIDUAL, RELU)
     ),
 }
 
 
 def torch_convadd(workload: Workload, inputs: list[np.ndarray]) -> np.ndarray:
-    """conv2d [+ bias] + residual [+ relu] computed by torch, independently of the project."""
+    """The grouped conv2d and its epilogue chain computed by torch, independently of the
+    project."""
     torch = pytest.importorskip("torch")
     functional = torch.nn.functional
-    data, weight, *rest = (torch.from_numpy(x).double() for x in inputs)
+    data, weight, *operands = (torch.from_numpy(x).double() for x in inputs)
     top, left, bottom, right = workload.padding
     out = functional.conv2d(
-        functional.pad(data, (left, right, top, bottom)), weight, stride=workload.stride
+        functional.pad(data, (left, right, top, bottom)),
+        weight,
+        stride=workload.stride,
+        groups=workload.groups,
     )
-    if workload.bias:
-        out = out + rest.pop(0)
-    out = out + rest[0]
-    if workload.relu:
-        out = torch.relu(out)
+    operands = iter(operands)
+    for step in workload.epilogue:
+        if step.op == "max":
+            out = torch.clamp(out, min=step.value)
+        elif step.op == "min":
+            out = torch.clamp(out, max=step.value)
+        elif step.op == "add":
+            out = out + next(operands)
+        else:
+            out = out * next(operands)
     return out.numpy()
+
+
+def simulate_against_torch(workload: Workload, config: TileConfig, seed: int = 0) -> Program:
+    """Lower, run on the ideal machine and compare with torch; the program, for more checks."""
+    hardware = load_config("ideal")
+    rng = np.random.default_rng(seed)
+    inputs = [rng.standard_normal(s).astype("float32") for s in workload.input_shapes]
+    program = lower_to_program(workload, config, hardware)
+    result = simulate(program, hardware, dict(zip(workload.input_names, inputs)))
+    expected = torch_convadd(workload, inputs)
+    np.testing.assert_allclose(result.outputs["output"], expected, rtol=1e-5, atol=1e-5)
+    return program
 
 
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("name", PADDING_ONLY)
 def test_padding_only_windows_lower_and_match_torch(name, mode):
-    from tvm_convadd.target.hardware import load_config
-    from tvm_convadd.target.simulator import simulate
-
     workload, hardware = PADDING_ONLY[name], load_config("ideal")
     rng = np.random.default_rng(0)
     inputs = [rng.standard_normal(s).astype("float32") for s in workload.input_shapes]
@@ -177,3 +224,183 @@ def test_padding_only_load_is_a_zero_fill_of_the_whole_tile():
         extent == 0 or start + extent <= 0 or start >= dim
         for (start, extent), dim in zip(load.src.region, workload.data_shape)
     )
+
+
+# -- numerics of lowered programs against torch ----------------------------------------------
+def epilogue_workload(*epilogue: EpilogueOp, groups: int = 1, channels: int = 4) -> Workload:
+    return Workload(
+        1, channels, 7, 6, channels, 3, 3, (1, 1), (1, 1, 1, 1), groups=groups, epilogue=epilogue
+    )
+
+
+EPILOGUES = {
+    "bare_conv": (),
+    "residual": (RESIDUAL,),
+    "bias": (BIAS,),
+    "scale": (SCALE,),
+    "relu": (RELU,),
+    "max_const": (EpilogueOp("max", "const", 0.25),),
+    "min_const": (EpilogueOp("min", "const", -0.25),),
+    "scale_bias_residual_relu6": (SCALE, BIAS, RESIDUAL, RELU, EpilogueOp("min", "const", 6.0)),
+    "two_residuals_two_scales": (RESIDUAL, SCALE, RESIDUAL, SCALE),
+}
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("name", EPILOGUES)
+def test_each_epilogue_op_matches_torch(name, mode):
+    workload = epilogue_workload(*EPILOGUES[name])
+    program = simulate_against_torch(workload, TileConfig(3, "height", mode))  # ragged: 3+3+1
+    ops = {(op.op, op.kind, op.value) for add in program.streams["add"] for op in add.ops}
+    assert ops == {(op.op, op.kind, op.value) for op in workload.epilogue}
+    operands = {op.src.buffer for add in program.streams["add"] for op in add.ops if op.src}
+    assert len(operands) == len(workload.operand_shapes)  # res, res_2, scale, scale_2, ...
+
+
+# name -> workload, tile configs (n_tiles, axis, channel_tiles): each in every mode
+GROUPED = {
+    "grouped_g2": (
+        epilogue_workload(BIAS, RESIDUAL, RELU, groups=2),
+        [(1, "height", 1), (2, "channel", 1), (3, "height", 2), (2, "width", 4)],
+    ),
+    "grouped_g2_of_3": (
+        Workload(1, 6, 5, 6, 6, 3, 3, (2, 1), (1, 1, 1, 1), groups=2, epilogue=(SCALE, BIAS)),
+        [(1, "height", 1), (2, "height", 2), (2, "width", 6)],
+    ),
+    "depthwise": (
+        epilogue_workload(BIAS, RELU, groups=6, channels=6),
+        [(1, "height", 1), (4, "channel", 1), (3, "width", 3), (2, "height", 6)],
+    ),
+    "depthwise_x2": (
+        Workload(1, 3, 6, 5, 6, 3, 3, (1, 2), (1, 1, 1, 1), groups=3, epilogue=(RESIDUAL,)),
+        [(1, "height", 1), (6, "channel", 1), (2, "height", 3)],
+    ),
+}
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("name", GROUPED)
+def test_grouped_and_depthwise_convs_match_torch(name, mode):
+    workload, configs = GROUPED[name]
+    for n_tiles, axis, channel_tiles in configs:
+        config = TileConfig(n_tiles, axis, mode, channel_tiles=channel_tiles)
+        program = simulate_against_torch(workload, config)
+        for conv in program.streams["conv"]:
+            channels = conv.acc.region[1][1]
+            assert channels // conv.groups <= workload.group_out_channels
+            assert conv.inp.region[1][1] == conv.groups * workload.group_in_channels
+
+
+def test_a_whole_grouped_conv_is_one_grouped_conv():
+    workload, _ = GROUPED["depthwise_x2"]
+    program = lower_to_program(workload, TileConfig(1, "height", "none"))
+    (conv,) = program.streams["conv"]
+    assert conv.groups == 3 and conv.wgt.region[1] == (0, 1)
+
+
+@pytest.mark.parametrize("order", ORDERS)
+@pytest.mark.parametrize("mode", MODES)
+def test_grids_match_torch_in_both_orders(mode, order):
+    workload = epilogue_workload(SCALE, RESIDUAL, RELU, channels=5)
+    for n_tiles, channel_tiles in ((2, 2), (3, 2), (2, 3)):  # ragged along both axes
+        config = TileConfig(n_tiles, "height", mode, channel_tiles=channel_tiles, order=order)
+        program = simulate_against_torch(workload, config)
+        assert len(program.streams["store"]) == n_tiles * channel_tiles
+
+
+def test_grid_order_decides_which_operand_is_reloaded():
+    """spatial_outer walks the channel tiles of one spatial tile back to back, channel_outer the
+    spatial tiles of one channel tile."""
+    workload = epilogue_workload(BIAS, RESIDUAL, channels=4)
+    tiles = {}
+    for order in ORDERS:
+        program = lower_to_program(workload, TileConfig(2, "height", "none", 2, order))
+        tiles[order] = [s.dst.region[1:3] for s in stores(program)]
+    assert tiles["spatial_outer"] == [
+        ((0, 2), (0, 4)),
+        ((2, 2), (0, 4)),
+        ((0, 2), (4, 3)),
+        ((2, 2), (4, 3)),
+    ]
+    assert tiles["channel_outer"] == [
+        ((0, 2), (0, 4)),
+        ((0, 2), (4, 3)),
+        ((2, 2), (0, 4)),
+        ((2, 2), (4, 3)),
+    ]
+
+
+def loads_of(program: Program, buffer: str) -> list[Load]:
+    return [i for i in program.streams["load"] if i.dst.buffer == buffer]
+
+
+@pytest.mark.parametrize(
+    ("mode", "order", "weight_loads", "input_loads"),
+    [
+        # one slot: the operand that stays across consecutive tiles is loaded once per stay
+        ("none", "channel_outer", 2, 8),
+        ("none", "spatial_outer", 8, 4),
+        # two slots, tile t in slot t % 2: an even channel_tiles brings each channel tile's
+        # weights back to the same slot, so they load once; spatial tiles alternate slots
+        ("software", "spatial_outer", 2, 8),
+        ("vthread", "spatial_outer", 2, 8),
+        ("software", "channel_outer", 4, 8),  # once per slot and channel tile
+    ],
+)
+def test_redundant_loads_are_dropped_when_the_slot_holds_the_window(
+    mode, order, weight_loads, input_loads
+):
+    workload = Workload(1, 4, 8, 8, 8, 3, 3, (1, 1), (1, 1, 1, 1), epilogue=(BIAS, RESIDUAL, RELU))
+    config = TileConfig(4, "height", mode, channel_tiles=2, order=order)
+    program = simulate_against_torch(workload, config)  # the hazard checker agrees
+    assert len(loads_of(program, "wgt")) == weight_loads
+    assert len(loads_of(program, "inp")) == input_loads
+    assert len(loads_of(program, "res")) == 8  # a tensor operand is new on every tile
+    assert len(program.streams["conv"]) == 8
+
+
+def test_drop_reloads_keeps_a_load_after_its_slot_was_overwritten():
+    program = lower_to_program(WORKLOAD, TileConfig(2, "height", "none"))
+    (first_inp,) = loads_of(program, "inp")[:1]
+    conv = program.streams["conv"][0]
+    sequence = [first_inp, conv, first_inp, conv]
+    assert drop_reloads(sequence) == [first_inp, conv, conv]
+    other = loads_of(program, "inp")[1]
+    assert drop_reloads([first_inp, other, first_inp]) == [first_inp, other, first_inp]
+
+
+def test_lowering_is_memoized():
+    config = TileConfig(3, "height", "software")
+    program = lower_to_program(WORKLOAD, config)
+    assert lower_to_program(WORKLOAD, TileConfig(3, "height", "software")) is program
+    assert lower_to_program(WORKLOAD, config, load_config("ideal")) is program
+    assert isinstance(program.streams["add"][0], Add)
+
+
+def tight(**buffer_bytes: int):
+    ideal = load_config("ideal")
+    return replace(ideal, name="tight", buffer_bytes={**ideal.buffer_bytes, **buffer_bytes})
+
+
+def test_overflow_advice_names_the_smallest_tile_count():
+    workload = Workload(1, 4, 16, 8, 4, 3, 3, (1, 1), (1, 1, 1, 1))
+    hardware = tight(acc=4 * 4 * 4 * 8 * 2)  # two slots of four output rows
+    with pytest.raises(
+        BufferOverflowError, match=r"acc needs .*; use at least 4 tiles along height"
+    ):
+        lower_to_program(workload, TileConfig(1, "height", "software"), hardware)
+    lower_to_program(workload, TileConfig(4, "height", "software"), hardware)
+
+
+def test_overflow_advice_names_both_axes_when_no_spatial_count_fits():
+    """Spatial tiles never shrink the weights: the advice is a grid with channel tiles."""
+    workload = Workload(1, 4, 8, 8, 8, 3, 3, (1, 1), (1, 1, 1, 1))
+    hardware = tight(wgt=600)  # all weights 1152 B; two slots of a quarter of them 576 B
+    with pytest.raises(BufferOverflowError) as info:
+        lower_to_program(workload, TileConfig(2, "height", "software"), hardware)
+    message = str(info.value)
+    assert "wgt needs 1152 B, has 600 B" in message
+    assert "no tile count along height alone fits: use channel_tiles=4 with 2 tile(s)" in message
+    lower_to_program(workload, TileConfig(2, "height", "software", channel_tiles=4), hardware)
+    with pytest.raises(BufferOverflowError, match="nor any with channel_tiles, fits"):
+        lower_to_program(workload, TileConfig(2, "height", "software"), tight(wgt=100))

@@ -1,4 +1,5 @@
-"""The hand-written schedule, built for llvm and checked against numpy for every mode and axis."""
+"""The hand-written schedule, built for llvm and checked against numpy for every mode and axis,
+every epilogue op, grouped and depthwise convs and 2-D tile grids."""
 
 from __future__ import annotations
 
@@ -12,26 +13,68 @@ from tvm_convadd import TileConfig, Workload
 from tvm_convadd.errors import ConvAddError, TileConfigError
 from tvm_convadd.reference import convadd_reference, random_inputs
 from tvm_convadd.schedules.convadd import schedule_convadd
+from tvm_convadd.schedules.workload import (
+    BIAS,
+    RELU,
+    RESIDUAL,
+    SCALE,
+    EpilogueOp,
+    standard_epilogue,
+)
 
 MODES = ("none", "software", "vthread")
 AXES = ("height", "width", "channel")
+CLIP = (EpilogueOp("max", "const", -0.5), EpilogueOp("min", "const", 0.5))
+RELU6 = (RELU, EpilogueOp("min", "const", 6.0))
 
-# name -> workload: kernel sizes 1/3/7, strides 1/2, paddings 0/1/3, ResNet-50 residual shapes
+# name -> (workload, the axis its tile count cuts): kernel sizes 1/3/7, strides 1/2, paddings
+# 0/1/3, every epilogue op, grouped and depthwise convs, a bare conv
 FAMILIES = {
-    "1x1_s1_p0": Workload(1, 16, 14, 14, 32, 1, 1),
-    "3x3_s1_p1_bias_relu": Workload(
-        1, 8, 16, 16, 8, 3, 3, (1, 1), (1, 1, 1, 1), bias=True, relu=True
+    "1x1_s1_p0": (Workload(1, 16, 14, 14, 32, 1, 1), "height"),
+    "3x3_s1_p1_bias_relu": (
+        Workload(
+            1,
+            8,
+            16,
+            16,
+            8,
+            3,
+            3,
+            (1, 1),
+            (1, 1, 1, 1),
+            epilogue=standard_epilogue(bias=True, relu=True),
+        ),
+        "width",
     ),
-    "3x3_s2_p1": Workload(1, 8, 17, 17, 16, 3, 3, (2, 2), (1, 1, 1, 1)),
-    "7x7_s2_p3": Workload(1, 3, 32, 32, 8, 7, 7, (2, 2), (3, 3, 3, 3), bias=True),
-    "1x1_s2_p0_batch2": Workload(2, 8, 16, 16, 16, 1, 1, (2, 2), bias=True),
-    # ResNet-50's residual 1x1 convs (conv3 of each stage), channels scaled by 1/8 for CI time
-    "resnet50_stage1": Workload(1, 8, 56, 56, 32, 1, 1, bias=True, relu=True),
-    "resnet50_stage2": Workload(1, 16, 28, 28, 64, 1, 1, bias=True, relu=True),
-    "resnet50_stage3": Workload(1, 32, 14, 14, 128, 1, 1, bias=True, relu=True),
-    "resnet50_stage4": Workload(1, 64, 7, 7, 256, 1, 1, bias=True, relu=True),
+    "3x3_s2_p1": (Workload(1, 8, 17, 17, 16, 3, 3, (2, 2), (1, 1, 1, 1)), "channel"),
+    "7x7_s2_p3_bias": (
+        Workload(1, 3, 20, 20, 8, 7, 7, (2, 2), (3, 3, 3, 3), epilogue=(BIAS, RESIDUAL)),
+        "height",
+    ),
+    "1x1_s2_batch2_scale_bias": (
+        Workload(2, 8, 16, 16, 16, 1, 1, (2, 2), epilogue=(SCALE, BIAS, RESIDUAL)),
+        "width",
+    ),
+    "bare_conv": (Workload(1, 4, 9, 9, 6, 3, 3, (1, 1), (1, 1, 1, 1), epilogue=()), "height"),
+    "grouped_g3_scale_bias_relu6": (
+        Workload(
+            1, 6, 9, 9, 6, 3, 3, (1, 1), (1, 1, 1, 1), groups=3, epilogue=(SCALE, BIAS, *RELU6)
+        ),
+        "channel",
+    ),
+    "depthwise_bias_relu": (
+        Workload(1, 6, 10, 10, 6, 3, 3, (2, 2), (1, 1, 1, 1), groups=6, epilogue=(BIAS, RELU)),
+        "height",
+    ),
+    "depthwise_x2_clip": (
+        Workload(1, 3, 8, 8, 6, 3, 3, (1, 1), (1, 1, 1, 1), groups=3, epilogue=CLIP),
+        "channel",
+    ),
+    "two_residuals_mul": (
+        Workload(1, 4, 8, 8, 4, 1, 1, epilogue=(RESIDUAL, SCALE, RESIDUAL)),
+        "width",
+    ),
 }
-TILE_COUNTS = (1, 2, 3, 4, 7, 8, 16, "full")
 
 
 def check(workload: Workload, config: TileConfig) -> None:
@@ -40,67 +83,114 @@ def check(workload: Workload, config: TileConfig) -> None:
     np.testing.assert_allclose(got, convadd_reference(workload, inputs), rtol=1e-4, atol=1e-4)
 
 
-def tile_counts(workload: Workload, axis: str) -> list[int]:
-    extent = TileConfig(1, axis).axis_extent(workload)
-    counts = {extent if n == "full" else n for n in TILE_COUNTS}
-    return sorted(n for n in counts if n <= extent)
-
-
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("family", FAMILIES)
-def test_every_tile_count_along_height(family, mode):
-    workload = FAMILIES[family]
-    for n_tiles in tile_counts(workload, "height"):
-        check(workload, TileConfig(n_tiles, "height", mode))
+def test_every_family_in_every_mode(family, mode):
+    """Three tiles along the family's axis: ragged for most of them."""
+    workload, axis = FAMILIES[family]
+    check(workload, TileConfig(3, axis, mode))
 
 
+@pytest.mark.parametrize("n_tiles", [1, 2, "full"])
+def test_tile_counts_from_one_to_the_extent(n_tiles):
+    workload, _ = FAMILIES["3x3_s1_p1_bias_relu"]
+    for axis in AXES:
+        extent = TileConfig(1, axis).axis_extent(workload)
+        check(workload, TileConfig(extent if n_tiles == "full" else n_tiles, axis, "software"))
+
+
+GRIDS = {
+    "plain": (
+        Workload(
+            1,
+            4,
+            7,
+            6,
+            5,
+            3,
+            3,
+            (1, 1),
+            (1, 1, 1, 1),
+            epilogue=standard_epilogue(bias=True, relu=True),
+        ),
+        3,
+        2,
+    ),
+    "grouped": (
+        Workload(1, 8, 6, 7, 8, 3, 3, (1, 1), (1, 1, 1, 1), groups=4, epilogue=(SCALE, RESIDUAL)),
+        2,
+        2,
+    ),
+    "depthwise": (
+        Workload(1, 6, 7, 6, 6, 3, 3, (2, 1), (1, 1, 1, 1), groups=6, epilogue=(BIAS, *RELU6)),
+        3,
+        3,
+    ),
+}
+
+
+@pytest.mark.parametrize("order", ["spatial_outer", "channel_outer"])
 @pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("axis", ["width", "channel"])
-@pytest.mark.parametrize("family", ["3x3_s2_p1", "7x7_s2_p3", "resnet50_stage4"])
-def test_every_tile_count_along_other_axes(family, axis, mode):
-    workload = FAMILIES[family]
-    for n_tiles in tile_counts(workload, axis):
-        check(workload, TileConfig(n_tiles, axis, mode))
+@pytest.mark.parametrize("grid", GRIDS)
+def test_two_dimensional_grids(grid, mode, order):
+    workload, n_tiles, channel_tiles = GRIDS[grid]
+    axis = "width" if grid == "depthwise" else "height"
+    check(workload, TileConfig(n_tiles, axis, mode, channel_tiles=channel_tiles, order=order))
 
 
-@settings(max_examples=20, deadline=None)
+def test_a_grid_fuses_its_tile_loops_into_one_pipelined_loop():
+    workload, n_tiles, channel_tiles = GRIDS["plain"]
+    config = TileConfig(n_tiles, "height", "software", channel_tiles=channel_tiles)
+    sch = schedule_convadd(workload, config)
+    text = sch.mod.script()
+    assert text.count("software_pipeline_stage") == 1
+    assert "ax2_0_ax1_0_fused in T.serial(6" in text
+
+
+@settings(max_examples=8, deadline=None)
 @given(
-    channels=st.integers(1, 6),
-    out_channels=st.integers(1, 6),
-    height=st.integers(3, 12),
-    width=st.integers(3, 12),
+    channels=st.integers(1, 4),
+    multiplier=st.integers(1, 2),
+    height=st.integers(3, 9),
+    width=st.integers(3, 9),
     kernel=st.sampled_from([1, 3]),
     stride=st.integers(1, 2),
     pad=st.integers(0, 1),
-    bias=st.booleans(),
-    relu=st.booleans(),
+    grouped=st.booleans(),
+    epilogue=st.lists(st.sampled_from([BIAS, SCALE, RESIDUAL, RELU, *CLIP]), max_size=3),
     mode=st.sampled_from(MODES),
     axis=st.sampled_from(AXES),
     data=st.data(),
 )
 def test_random_shapes(
-    channels, out_channels, height, width, kernel, stride, pad, bias, relu, mode, axis, data
+    channels, multiplier, height, width, kernel, stride, pad, grouped, epilogue, mode, axis, data
 ):
+    groups = channels if grouped else 1
     workload = Workload(
         1,
         channels,
         height,
         width,
-        out_channels,
+        channels * multiplier,
         kernel,
         kernel,
         (stride, stride),
         (pad,) * 4,
-        bias=bias,
-        relu=relu,
+        groups=groups,
+        epilogue=tuple(epilogue),
     )
     extent = TileConfig(1, axis).axis_extent(workload)
     n_tiles = data.draw(st.integers(1, extent), label="n_tiles")
-    check(workload, TileConfig(n_tiles, axis, mode))
+    channel_tiles = 1
+    if axis != "channel" and groups == 1:
+        channel_tiles = data.draw(st.integers(1, workload.out_channels), label="channel_tiles")
+    check(workload, TileConfig(n_tiles, axis, mode, channel_tiles=channel_tiles))
 
 
 def test_schedule_is_printable_and_shows_the_ping_pong_pipeline(golden):
-    workload = Workload(1, 4, 8, 8, 4, 3, 3, (1, 1), (1, 1, 1, 1), bias=True, relu=True)
+    workload = Workload(
+        1, 4, 8, 8, 4, 3, 3, (1, 1), (1, 1, 1, 1), epilogue=standard_epilogue(bias=True, relu=True)
+    )
     sch = schedule_convadd(workload, TileConfig(4, "height", "software"))
     text = sch.mod.script()
     assert "software_pipeline_stage" in text
@@ -114,6 +204,9 @@ def test_schedule_is_printable_and_shows_the_ping_pong_pipeline(golden):
         (dict(n_tiles=-3), "tile count -3"),
         (dict(axis="depth"), "tile axis 'depth': choose one of ('height', 'width', 'channel')"),
         (dict(pipeline="async"), "pipeline mode 'async': choose one of"),
+        (dict(order="diagonal"), "tile order 'diagonal': choose one of"),
+        (dict(channel_tiles=0), "channel tile count 0: must be an integer >= 1"),
+        (dict(axis="channel", channel_tiles=2), "the channel axis is already tiled"),
     ],
 )
 def test_bad_tile_config_is_named(config, message):
@@ -127,6 +220,14 @@ def test_too_many_tiles_names_the_valid_range():
         schedule_convadd(workload, TileConfig(9, "height"))
     with pytest.raises(TileConfigError, match=r"output channel 4: choose 1..4"):
         schedule_convadd(workload, TileConfig(5, "channel"))
+    with pytest.raises(TileConfigError, match=r"channel tile count 5 for 4 output channels"):
+        schedule_convadd(workload, TileConfig(2, "height", channel_tiles=5))
+
+
+def test_channel_tiles_that_straddle_groups_are_refused():
+    workload = Workload(1, 6, 8, 8, 6, 3, 3, padding=(1, 1, 1, 1), groups=2)
+    with pytest.raises(TileConfigError, match=r"straddle the groups of 3 output channels"):
+        schedule_convadd(workload, TileConfig(2, "height", channel_tiles=3))
 
 
 @pytest.mark.parametrize(
@@ -136,6 +237,7 @@ def test_too_many_tiles_names_the_valid_range():
         (dict(kernel_h=9), "does not fit the padded input"),
         (dict(dtype="float16"), "dtype 'float16'"),
         (dict(stride=(0, 1)), "stride"),
+        (dict(groups=3), "groups=3 must divide"),
     ],
 )
 def test_bad_workload_is_named(fields, message):
@@ -151,3 +253,4 @@ def test_effective_tiles_for_non_divisors():
     assert TileConfig(3, "height").tile_extent(workload) == 3
     assert TileConfig(3, "height").effective_tiles(workload) == 3
     assert TileConfig(7, "height").effective_tiles(workload) == 4
+    assert TileConfig(3, "height", channel_tiles=3).effective_tiles(workload) == 3 * 2
