@@ -397,8 +397,8 @@ def _add_meaning(block, ix: Indexing, walker: _Walker, meaning: Meaning) -> Mean
             raise mismatch(block, "add", f"it computes {_describe(value)} in {show_expr(store)}")
         left, right = reads_acc(value.a), reads_acc(value.b)
         if left == right:
-            which = "both" if left else "neither"
-            raise mismatch(block, "add", f"{which} side of {show_expr(value)} reads acc")
+            which = "both sides of {} read" if left else "neither side of {} reads"
+            raise mismatch(block, "add", which.format(show_expr(value)) + " acc")
         chain, operand = (value.a, value.b) if left else (value.b, value.a)
         ops.append((op, *_alu_operand(block, ix, walker, store, out, op, operand)))
         value = chain
