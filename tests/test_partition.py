@@ -778,3 +778,101 @@ def test_dense_becomes_a_1x1_conv_with_the_same_numbers(case):
 def test_a_matmul_that_is_no_dense_stays(tail, x_shape):
     mod = dense_module(tail, x_shape=x_shape)
     assert DenseToConv2D()(mod).same_as(mod)
+
+
+# --- what prepare spells as ops the chains take ---------------------------------------------------
+
+
+def conv_then(tail) -> tvm.IRModule:
+    """main(x) = tail(bb, conv(x) + bias): a conv with its own bias, as PyTorch exports one."""
+    return module(lambda bb, x: tail(bb, bias(bb, conv(bb, x))), X)
+
+
+def batch_norm(bb, x, channels=8, center=True, scale=True):
+    rng = np.random.default_rng(9)
+    stats = [
+        rng.uniform(0.5, 1.5, channels),
+        rng.normal(0, 0.1, channels),
+        rng.normal(0, 0.1, channels),
+        rng.uniform(0.5, 1.5, channels),
+    ]
+    args = [relax.const(value.astype("float32")) for value in stats]
+    norm = relax.op.nn.batch_norm(
+        x, *args, axis=1, epsilon=1e-5, center=center, scale=scale, training=False
+    )
+    return bb.emit(relax.TupleGetItem(bb.emit(norm), 0))
+
+
+def clip_as_onnx(bb, x, low=0.0, high=6.0):
+    """How the ONNX importer spells Clip: call_tir of topi.maximum then topi.minimum."""
+    from tvm import topi
+
+    low = bb.emit_te(topi.maximum, x, relax.const(low, "float32"))
+    return bb.emit_te(topi.minimum, low, relax.const(high, "float32"))
+
+
+CANONICAL = {
+    "batch-norm-after-bias": (
+        lambda bb, c: bb.emit(relax.op.nn.relu(batch_norm(bb, c))),
+        "fused: conv2d+bias+scale+bias+relu",
+    ),
+    "batch-norm-no-center-no-scale": (
+        lambda bb, c: batch_norm(bb, batch_norm(bb, c, center=False), scale=False),
+        "fused: conv2d+bias+scale+bias+scale+bias",
+    ),
+    "onnx-clip": (clip_as_onnx, "fused: conv2d+bias+relu+min6"),
+    "onnx-clip-then-residual": (
+        lambda bb, c: bb.emit(relax.op.add(clip_as_onnx(bb, c, -1.0, 1.0), c)),
+        "fused: conv2d+bias; chain cut at a shared value",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(CANONICAL))
+def test_prepare_spells_epilogues_as_ops_the_chain_takes(case, image):
+    tail, reason = CANONICAL[case]
+    mod = conv_then(tail)
+    prepared = prepare(mod)
+    assert "relax.nn.batch_norm" not in ops_in(prepared)
+    assert "relax.call_tir" not in ops_in(prepared)
+    assert not [g for g, f in prepared.functions.items() if isinstance(f, tvm.tirx.PrimFunc)]
+    (decision,) = explain(prepared)
+    assert decision.reason.startswith(reason), decision.reason
+    x = tvm.runtime.tensor(np.random.default_rng(3).standard_normal((1, 8, 6, 6)).astype("float32"))
+
+    def run_all(m):
+        return relax.VirtualMachine(tvm.compile(m, "llvm"), tvm.cpu())["main"](x).numpy()
+
+    expected = run_all(mod)
+    np.testing.assert_allclose(run_all(prepared), expected, rtol=1e-5, atol=1e-5)
+    partitioned = PartitionConvAdd(offload=False)(prepared)
+    np.testing.assert_allclose(run_all(partitioned), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_other_tir_calls_and_training_batch_norms_stay():
+    from tvm import topi
+
+    def tail(bb, c):
+        added = bb.emit_te(topi.add, c, relax.const(1.0, "float32"))
+        return bb.emit_te(topi.maximum, added, relax.const(0.0, "float32"))
+
+    prepared = prepare(conv_then(tail))
+    assert ops_in(prepared).count("relax.call_tir") == 1  # the add; the maximum became Relax
+    assert "relax.maximum" in ops_in(prepared)
+    training = module(
+        lambda bb, x: bb.emit(
+            relax.TupleGetItem(
+                bb.emit(
+                    relax.op.nn.batch_norm(
+                        bias(bb, conv(bb, x)),
+                        *[relax.const(np.ones(8, "float32"))] * 4,
+                        axis=1,
+                        training=True,
+                    )
+                ),
+                0,
+            )
+        ),
+        X,
+    )
+    assert "relax.nn.batch_norm" in ops_in(prepare(training))

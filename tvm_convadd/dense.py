@@ -34,12 +34,14 @@ from tvm_convadd.patterns import (
     MULTIPLY,
     RELU_OP,
     dtype_of,
+    graph_functions,
     is_constant,
     is_op_call,
     op_name,
     scalar_constant,
     static_shape,
     var_users,
+    with_functions,
 )
 
 MATMUL = "relax.matmul"
@@ -205,10 +207,7 @@ class DenseToConv2D:
 
     def transform_module(self, mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
         updates = {}
-        for gvar, func in mod.functions.items():
-            attrs = (func.attrs or {}) if isinstance(func, relax.Function) else None
-            if attrs is None or "Codegen" in attrs or "Composite" in attrs:
-                continue
+        for gvar, func in graph_functions(mod):
             var2val = relax.analysis.get_var2val(func)
             users = var_users(func)
             denses = {}
@@ -221,8 +220,4 @@ class DenseToConv2D:
                         denses[binding.var] = found
             if denses:
                 updates[gvar] = _DenseRewriter(mod, denses).visit_expr(func)
-        if not updates:
-            return mod
-        functions = dict(mod.functions.items())
-        functions.update(updates)
-        return tvm.IRModule(functions, attrs=mod.attrs, global_infos=mod.global_infos)
+        return with_functions(mod, updates)

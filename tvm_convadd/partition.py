@@ -41,40 +41,24 @@ from tvm_convadd.patterns import (
     dtype_of,
     format_dim,
     format_shape,
+    graph_functions,
     is_op_call,
     pattern_table,
     plan_chains,
+    rebind,
     scalar_bound,
     static_shape,
     var_users,
+    with_functions,
 )
 from tvm_convadd.schedules.workload import RELU, EpilogueOp, Workload
-
-
-@relax.expr_functor.mutator
-class _RebindValues(relax.PyExprMutator):
-    """Gives the listed bindings new values, keeping their variables (so plans stay valid)."""
-
-    def __init__(self, mod: tvm.IRModule, values: dict[relax.Var, relax.Expr]) -> None:
-        super().__init__(mod)
-        self.values = values
-
-    def visit_var_binding_(self, binding: relax.VarBinding) -> None:
-        if binding.var not in self.values:
-            super().visit_var_binding_(binding)
-            return
-        value = self.builder_.normalize(self.visit_expr(self.values[binding.var]))
-        self.builder_.emit_normalized(relax.VarBinding(binding.var, value))
 
 
 def clip_scalar_bounds(mod: tvm.IRModule) -> tvm.IRModule:
     """`mod` with each planned maximum/minimum with a constant c written as clip(x, c, inf) /
     clip(x, -inf, c): the same values, and no constant for FuseOpsByPattern to lift."""
     updates = {}
-    for gvar, func in mod.functions.items():
-        attrs = (func.attrs or {}) if isinstance(func, relax.Function) else None
-        if attrs is None or "Codegen" in attrs or "Composite" in attrs:
-            continue
+    for gvar, func in graph_functions(mod):
         values = {}
         for chain in plan_chains(func).values():
             previous = chain.conv
@@ -85,12 +69,8 @@ def clip_scalar_bounds(mod: tvm.IRModule) -> tvm.IRModule:
                     values[step.var] = relax.op.clip(previous, low, high)
                 previous = step.var
         if values:
-            updates[gvar] = _RebindValues(mod, values).visit_expr(func)
-    if not updates:
-        return mod
-    functions = dict(mod.functions.items())
-    functions.update(updates)
-    return tvm.IRModule(functions, attrs=mod.attrs, global_infos=mod.global_infos)
+            updates[gvar] = rebind(mod, func, values)
+    return with_functions(mod, updates)
 
 
 @tvm.transform.module_pass(opt_level=0, name="PartitionConvAdd")
@@ -433,7 +413,12 @@ def _follow_region(
 
 
 def _fused_sites(
-    func: relax.Function, func_name: str, partitioned: tvm.IRModule, var2val: dict, users: dict
+    func: relax.Function,
+    func_name: str,
+    partitioned: tvm.IRModule,
+    var2val: dict,
+    users: dict,
+    chains: dict,
 ) -> dict[relax.Var, _FusedSite]:
     """Each conv2d of `func` that the partition put into a fused function, by its variable."""
     if func_name not in [gvar.name_hint for gvar in partitioned.functions]:
@@ -459,13 +444,17 @@ def _fused_sites(
             raise ConvAddError(f"fused function {name} does not start with a conv2d")
         conv = inner[0].value
         operands = [site.original(arg) for arg in conv.args]
-        region = None
-        for conv_var in convs:
-            if conv_var in sites or not _same_call(var2val[conv_var], conv, operands):
-                continue
-            region = _follow_region(conv_var, inner, site, users, var2val)
-            if region is not None:
-                break
+        # Twin convs (same operands and attributes) differ only in their chains; a shorter
+        # region fits a longer chain's start, so a region that is a whole planned chain wins.
+        regions = [
+            region
+            for conv_var in convs
+            if conv_var not in sites and _same_call(var2val[conv_var], conv, operands)
+            for region in [_follow_region(conv_var, inner, site, users, var2val)]
+            if region is not None
+        ]
+        planned = [r for r in regions if r[0] in chains and chains[r[0]].region == frozenset(r)]
+        region = (planned or regions or [None])[0]
         if region is None:
             raise ConvAddError(
                 f"{func_name}/{binding.var.name} calls {name}, whose conv2d and epilogue are "
@@ -483,8 +472,8 @@ def _explain_function(
 ) -> list[ConvDecision]:
     var2val = relax.analysis.get_var2val(func)
     users = var_users(func)
-    sites = _fused_sites(func, func_name, partitioned, var2val, users)
     chains = plan_chains(func)
+    sites = _fused_sites(func, func_name, partitioned, var2val, users, chains)
     dataflow = {
         binding.var
         for block in func.body.blocks
@@ -538,12 +527,7 @@ def explain(mod: tvm.IRModule, partitioned: tvm.IRModule | None = None) -> list[
         partitioned = PartitionConvAdd()(mod)
     canonical = clip_scalar_bounds(mod)
     decisions = []
-    for gvar, func in canonical.functions.items():
-        if not isinstance(func, relax.Function):
-            continue
-        attrs = func.attrs or {}
-        if "Codegen" in attrs or "Composite" in attrs:
-            continue
+    for gvar, func in graph_functions(canonical):
         decisions.extend(_explain_function(func, gvar.name_hint, partitioned))
     return decisions
 
@@ -621,8 +605,10 @@ def prepare(
     require_bound: bool = True,
     func_name: str = "main",
 ) -> tvm.IRModule:
-    """Bind the weights, fold batch-norm into the convs (so the chains see conv + bias) and
-    turn dense layers into 1x1 convs (`dense.DenseToConv2D`)."""
+    """Bind the weights, fold batch-norm into the convs (so the chains see conv + bias), write
+    what is left in ops the chains take (`canonical`: other batch-norms as scale and bias,
+    ONNX's clips as maximum/minimum) and turn dense layers into 1x1 convs (`dense`)."""
+    from tvm_convadd.canonical import BatchNormToScaleBias, TirMaxMinToRelax
     from tvm_convadd.dense import DenseToConv2D
     from tvm_convadd.folding import FoldConstantNumpy
 
@@ -655,7 +641,9 @@ def prepare(
         FoldConstantNumpy(),
         relax.transform.FoldConstant(),
         relax.transform.CanonicalizeBindings(),
-        # After the folding, so that a dense's transposed weight is one constant.
-        DenseToConv2D(),
+        # After the folding, which leaves each operand below as one constant:
+        BatchNormToScaleBias(),  # the batch-norms not right after a conv
+        TirMaxMinToRelax(),  # ONNX's Clip (relu6)
+        DenseToConv2D(),  # a dense's transposed weight
     ]
     return tvm.transform.Sequential(passes, name="PrepareConvAdd")(mod)

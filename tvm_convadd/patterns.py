@@ -353,15 +353,48 @@ def _stop_note(chain: Chain, users: dict, var2val: dict, claimed: set[relax.Var]
     return f"{user_name(consumers[0], var2val)} after it runs on the CPU: {step}"
 
 
-def plan_module(mod: tvm.IRModule) -> list[Chain]:
-    """The chains of every Relax function of `mod` that is not itself a fused function."""
-    chains = []
-    for _, func in mod.functions.items():
+def graph_functions(mod: tvm.IRModule) -> list[tuple[tvm.ir.GlobalVar, relax.Function]]:
+    """The Relax functions of `mod` that are not themselves fused functions."""
+    found = []
+    for gvar, func in mod.functions.items():
         attrs = (func.attrs or {}) if isinstance(func, relax.Function) else None
-        if attrs is None or "Codegen" in attrs or "Composite" in attrs:
-            continue
-        chains.extend(plan_chains(func).values())
-    return chains
+        if attrs is not None and "Codegen" not in attrs and "Composite" not in attrs:
+            found.append((gvar, func))
+    return found
+
+
+def with_functions(mod: tvm.IRModule, updates: dict) -> tvm.IRModule:
+    """`mod` with some functions replaced (the same module when there are none)."""
+    if not updates:
+        return mod
+    functions = dict(mod.functions.items())
+    functions.update(updates)
+    return tvm.IRModule(functions, attrs=mod.attrs, global_infos=mod.global_infos)
+
+
+@relax.expr_functor.mutator
+class _Rebind(relax.PyExprMutator):
+    def __init__(self, mod: tvm.IRModule, values: dict) -> None:
+        super().__init__(mod)
+        self.values = values
+
+    def visit_var_binding_(self, binding: relax.VarBinding) -> None:
+        if binding.var not in self.values:
+            super().visit_var_binding_(binding)
+        elif self.values[binding.var] is not None:
+            value = self.builder_.normalize(self.visit_expr(self.values[binding.var]))
+            self.builder_.emit_normalized(relax.VarBinding(binding.var, value))
+
+
+def rebind(mod: tvm.IRModule, func: relax.Function, values: dict) -> relax.Function:
+    """`func` with the listed bindings given new values (None: dropped), each keeping its
+    variable, so the uses, plans and names stay as they were."""
+    return _Rebind(mod, values).visit_expr(func)
+
+
+def plan_module(mod: tvm.IRModule) -> list[Chain]:
+    """The chains of every graph function of `mod`."""
+    return [chain for _, func in graph_functions(mod) for chain in plan_chains(func).values()]
 
 
 # --- the patterns -------------------------------------------------------------------------------
