@@ -420,6 +420,16 @@ ENDS = {
         (("r", (2, 8, 6, 6)),),
         "its result (2, 8, 6, 6) float32 is not the chain's shape",
     ),
+    "infinite-max": (
+        lambda bb, c, x: emit(bb, relax.op.maximum(c, relax.const(-np.inf, "float32"))),
+        (),
+        "maximum with -inf (the ALU takes finite constants)",
+    ),
+    "nan-clip": (
+        lambda bb, c, x: emit(bb, relax.op.clip(c, float("nan"), 1.0)),
+        (),
+        "clip bounds (nan, 1) (the ALU takes finite constants)",
+    ),
     "self-add": (
         lambda bb, c, x: emit(bb, relax.op.add(c, c)),
         (),

@@ -183,6 +183,8 @@ def epilogue_step(var: relax.Var, value: relax.Expr, current: relax.Var) -> Step
         low, high = (scalar_bound(arg) for arg in value.args[1:])
         if low is None or high is None:
             return "clip bounds that are not constants"
+        if math.isnan(low) or math.isnan(high) or low == math.inf or high == -math.inf:
+            return f"clip bounds ({low:g}, {high:g}) (the ALU takes finite constants)"
         return Step(var, name, "clip", clip_ops(low, high))
     lhs, rhs = value.args
     if lhs.same_as(rhs):
@@ -198,6 +200,8 @@ def epilogue_step(var: relax.Var, value: relax.Expr, current: relax.Var) -> Step
         constant = scalar_constant(other)
         if constant is None:
             return f"{verb} with a tensor operand {format_shape(other)} (the ALU takes a constant)"
+        if not math.isfinite(constant):
+            return f"{verb} with {constant:g} (the ALU takes finite constants)"
         op = "max" if name == MAXIMUM else "min"
         return Step(var, name, op, (EpilogueOp(op, "const", constant),), None, position)
     if name == MULTIPLY:
