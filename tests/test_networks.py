@@ -11,8 +11,14 @@ from tvm_convadd.errors import ConvAddError
 from tvm_convadd.networks import NETWORKS, bottleneck_block, get_network, resnet50
 
 SMALL = {"image_size": 32, "width": 0.125, "num_classes": 10}
-# name -> (conv2d count, residual adds)
-STRUCTURE = {"resnet50": (53, 16), "resnet18": (20, 8), "mobilenet_v2": (52, 10)}
+# name -> (conv2d count, batch-norms, residual adds)
+STRUCTURE = {
+    "resnet50": (53, 53, 16),
+    "resnet18": (20, 20, 8),
+    "mobilenet_v2": (52, 52, 10),
+    "efficientnet_b0": (81, 49, 9),  # the 32 squeeze-excitation 1x1s have a bias, no batch-norm
+    "regnetx_400mf": (71, 71, 22),
+}
 
 
 def calls(mod: tvm.IRModule) -> list[relax.Call]:
@@ -47,9 +53,9 @@ def test_structure_and_params(name):
     for param in main.params[1:]:
         shape = tuple(int(d.value) for d in param.ty.shape.values)
         assert params[param.name].shape == shape and params[param.name].dtype == np.float32
-    convs, adds = STRUCTURE[name]
+    convs, norms, adds = STRUCTURE[name]
     assert op_count(mod, "relax.nn.conv2d") == convs
-    assert op_count(mod, "relax.nn.batch_norm") == convs
+    assert op_count(mod, "relax.nn.batch_norm") == norms
     assert residual_adds(mod) == adds
     assert all(not call.attrs.training for call in calls(mod) if "batch_norm" in str(call.op.name))
 
@@ -93,7 +99,8 @@ def test_bottleneck_block_has_one_identity_shortcut():
 
 
 def test_unknown_network_names_the_choices():
-    with pytest.raises(ConvAddError, match=r"'vgg16'.*\['mobilenet_v2', 'resnet18', 'resnet50'\]"):
+    choices = r"\['efficientnet_b0', 'mobilenet_v2', 'regnetx_400mf', 'resnet18', 'resnet50'\]"
+    with pytest.raises(ConvAddError, match=r"'vgg16'.*" + choices):
         get_network("vgg16")
 
 
