@@ -286,13 +286,53 @@ def ranked(workload: Workload, hardware: HardwareConfig) -> list[Estimate]:
     return sorted(estimates, key=lambda e: (e.cycles, e.tiles, AXES.index(e.config.axis)))
 
 
+def footprint(workload: Workload, config: TileConfig) -> dict[str, int]:
+    """Bytes per buffer pool that the lowered program allocates, all slots: a lower bound,
+    exact but for the input of a ragged strided tiling, which TVM's buffer compaction
+    over-allocates. Slots as the schedule gets them: a per-tile buffer crossing a pipeline
+    stage has two (three for a per-channel vector, read two stages later); `out` has its own
+    copy only per virtual thread; what loads once has one."""
+    grid = _grid(workload, config)
+    rows, channels = grid.spatial[0], grid.channel[0]
+    batch, _, out_h, out_w = workload.out_shape
+    height, width = (rows, out_w) if config.axis != "width" else (out_h, rows)
+    in_rows = (height - 1) * workload.stride[0] + workload.kernel_h
+    in_cols = (width - 1) * workload.stride[1] + workload.kernel_w
+    groups = -(-channels // workload.group_out_channels) if workload.groups > 1 else 1
+    in_channels = min(workload.in_channels, groups * workload.group_in_channels)
+    tile = {"none": 1, "software": 2, "vthread": 2}[config.pipeline]
+    channel_tiled = config.channel_count > 1
+    vector_slots = {"none": 1, "software": 3, "vthread": 2}[config.pipeline] if channel_tiled else 1
+    out_tile = batch * channels * height * width
+    tensors = sum(1 for s in workload.operand_shapes.values() if s == workload.out_shape)
+    vectors = len(workload.operand_shapes) - tensors
+    elem = 4
+    return {
+        "inp": tile * batch * in_channels * in_rows * in_cols * elem,
+        "wgt": (tile if channel_tiled else 1)
+        * channels
+        * math.prod(workload.weight_shape[1:])
+        * elem,
+        "acc": tile * out_tile * elem,
+        "res": tensors * tile * out_tile * elem,
+        "out": (2 if config.pipeline == "vthread" else 1) * out_tile * elem,
+        "bias": vectors * vector_slots * channels * elem,
+    }
+
+
+def may_fit(workload: Workload, config: TileConfig, hardware: HardwareConfig) -> bool:
+    """Whether the footprint's lower bound fits: False proves the config cannot run."""
+    return all(
+        need <= hardware.pool_bytes(pool) for pool, need in footprint(workload, config).items()
+    )
+
+
 def default_config(workload: Workload, hardware: HardwareConfig) -> TileConfig:
     """The best predicted config that fits `hardware` (lowered, best first, until one fits).
 
-    A config whose analytic bytes exceed twice the whole on-chip memory is skipped unlowered
-    (the analytic count errs high only by a padded halo)."""
+    Configs whose footprint cannot fit are skipped unlowered, so usually one is lowered."""
     for est in ranked(workload, hardware):
-        if est.buffer_bytes > 2 * sum(hardware.buffer_bytes.values()):
+        if not may_fit(workload, est.config, hardware):
             continue
         if fits(workload, est.config, hardware):
             return est.config
