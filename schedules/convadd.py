@@ -59,7 +59,7 @@ def schedule_convadd(workload: Workload, config: TileConfig) -> s_tir.Schedule:
     config.validate(workload)
     sch = s_tir.Schedule(tvm.IRModule({"main": convadd_primfunc(workload)}))
     stages = _add_cache_stages(sch, workload)
-    tile_loop = _split_tiles(sch, config)
+    tile_loop = _split_tiles(sch, workload, config)
     per_tile = [s for s in stages if s.role in ("inp", "acc", "tensor", "out")]
     if config.channel_count > 1:
         per_tile += [s for s in stages if s.role in ("wgt", "channel")]
@@ -70,7 +70,7 @@ def schedule_convadd(workload: Workload, config: TileConfig) -> s_tir.Schedule:
         sch.annotate(block, UNIT_ATTR, stage.unit)
         sch.annotate(block, BUFFER_ATTR, stage.buffer)
         sch.annotate(_stage_root(sch, block, tile_loop), STAGE_ROOT_ATTR, stage.buffer)
-    sch.annotate(tile_loop, TILE_LOOP_ATTR, config.total_tiles)
+    sch.annotate(tile_loop, TILE_LOOP_ATTR, config.effective_tiles(workload))
     _pipeline(sch, tile_loop, config)
     return sch
 
@@ -109,32 +109,53 @@ def _program_order(stages: list[Stage]) -> list[Stage]:
     return sorted(stages, key=lambda s: PROGRAM_ORDER.index(s.role))
 
 
-def _split_tiles(sch: s_tir.Schedule, config: TileConfig) -> s_tir.schedule.LoopRV:
+def _split_tiles(
+    sch: s_tir.Schedule, workload: Workload, config: TileConfig
+) -> s_tir.schedule.LoopRV:
     """Split the store block's output into the config's tiles and hoist one tile loop outermost
-    (a 2-D grid's two tile loops fused, the fastest index last)."""
+    (a 2-D grid's two tile loops fused, the fastest index last). Each axis is split by its tile
+    length, so a count that leaves tiles empty (8 rows in 7 tiles of 2) makes no empty ones."""
     store = sch.get_child_blocks(sch.get_sblock("root"))[-1]
     batch, channel, height, width = sch.get_loops(store)
     if config.axis == "channel":
-        tile, inner = sch.split(channel, [config.n_tiles, None])
+        tile, inner = sch.split(channel, [None, config.tile_extent(workload)])
         sch.reorder(batch, tile, inner, height, width)
-    else:
+    elif config.channel_tiles == 1:
         spatial = height if config.axis == "height" else width
-        spatial_tile, spatial_inner = sch.split(spatial, [config.n_tiles, None])
+        tile, spatial_inner = sch.split(spatial, [None, config.tile_extent(workload)])
         pixels = (spatial_inner, width) if config.axis == "height" else (height, spatial_inner)
-        if config.channel_tiles == 1:
-            tile = spatial_tile
-            sch.reorder(batch, tile, channel, *pixels)
-        else:
-            channel_tile, channel_inner = sch.split(channel, [config.channel_tiles, None])
-            grid = (spatial_tile, channel_tile)
-            if config.order == "channel_outer":
-                grid = grid[::-1]
-            sch.reorder(batch, *grid, channel_inner, *pixels)
-            tile = sch.fuse(*grid)
+        sch.reorder(batch, tile, channel, *pixels)
+    else:
+        tile = _fused_grid(sch, workload, config, (batch, channel, height, width))
     if config.pipeline == "vthread":
         _, slot = sch.split(tile, [None, 2])
         return slot
     return tile
+
+
+def _fused_grid(sch: s_tir.Schedule, workload: Workload, config: TileConfig, loops):
+    """The 2-D grid's tile loop: spatial and channel tile loops fused, the outer one first.
+
+    For vthread pairs an odd number of tiles gets one more, empty, row of the outer axis: the
+    pairs of the real tiles stay, and TVM's affine analysis (which `bind` needs) fails on a
+    fused loop whose pair split and ragged outer axis are both predicated."""
+    batch, channel, height, width = loops
+    spatial = height if config.axis == "height" else width
+    lengths = {
+        "spatial": config.tile_extent(workload),
+        "channel": config.channel_tile_extent(workload),
+    }
+    extents = {"spatial": config.axis_extent(workload), "channel": workload.out_channels}
+    counts = {axis: -(-extents[axis] // lengths[axis]) for axis in lengths}
+    outer = "spatial" if config.order == "spatial_outer" else "channel"
+    if config.pipeline == "vthread" and counts["spatial"] * counts["channel"] % 2:
+        counts[outer] += 1
+    spatial_tile, spatial_inner = sch.split(spatial, [counts["spatial"], lengths["spatial"]])
+    channel_tile, channel_inner = sch.split(channel, [counts["channel"], lengths["channel"]])
+    pixels = (spatial_inner, width) if config.axis == "height" else (height, spatial_inner)
+    grid = (spatial_tile, channel_tile) if outer == "spatial" else (channel_tile, spatial_tile)
+    sch.reorder(batch, *grid, channel_inner, *pixels)
+    return sch.fuse(*grid)
 
 
 def _pipeline(sch: s_tir.Schedule, tile_loop, config: TileConfig) -> None:

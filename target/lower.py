@@ -285,12 +285,17 @@ class _Walker:
         if meaning.fill == "zero":
             # A window entirely in padding: StmtSimplify folded the body to a constant zero and
             # dropped the tensor read, but the block's declared read region still names it.
-            loads = _declared_reads(block)
-            if len(loads) != 1 or loads[0].buffer.name not in self.dram:
-                raise mismatch(block, "load", "it fills zeros and declares no one DRAM read")
+            loads = [self._declared_dram_read(block)]
         write = self._operand(store, env, domain, name=meaning.buffer)
         reads = {self._name(a.buffer): self._operand(a, env, domain) for a in loads}
         self.instructions.append(self._instruction(block, meaning, write, reads, env, domain))
+
+    def _declared_dram_read(self, block) -> _Access:
+        """A zero-filling LOAD block's one declared DRAM read: the window whose padding it is."""
+        loads = _declared_reads(block)
+        if len(loads) != 1 or loads[0].buffer.name not in self.dram:
+            raise mismatch(block, "load", "it fills zeros and declares no one DRAM read")
+        return loads[0]
 
     def _meaning(self, block, loops) -> Meaning:
         """What the block computes, checked against its annotations (once per distinct block)."""
@@ -382,7 +387,7 @@ class _Walker:
         """The instruction of one tile's instance of a checked block, its operands checked too."""
         if meaning.unit == "load":
             (src,) = reads.values()
-            return self._load(block, meaning, write, src, env)
+            return self._load(block, meaning, write, src, env, domain)
         if meaning.unit == "conv":
             conv = Conv(
                 inp=reads["inp"],
@@ -430,16 +435,13 @@ class _Walker:
             )
         return channels // size
 
-    def _load(self, block, meaning: Meaning, dst: Slot, src: Dram, env: dict) -> Load:
+    def _load(self, block, meaning: Meaning, dst: Slot, src: Dram, env: dict, domain: dict) -> Load:
         """The LOAD of window `src`, zeros outside the tensor, if that is what the tile does."""
         shape = self.tensors[src.tensor]
-        unguarded, zeros = set(meaning.unguarded), meaning.fill == "zero"
-        ix = meaning.indexing
-        for slack, atom in meaning.residual:
+        unguarded, ix = set(meaning.unguarded), meaning.indexing
+        zeros = meaning.fill == "zero" or self._false_on_tile(meaning.slacks, env, domain)
+        for slack, atom in () if zeros else meaning.residual:
             slack = self.analyzer.simplify(substitute(slack, env))
-            if isinstance(slack, tirx.IntImm) and slack.value < 0:
-                zeros = True  # the condition is false on this whole tile
-                continue
             bounds = [(side, substitute(bound, env), row) for side, bound, row in meaning.bounds]
             side = bound_side(ix, slack, bounds)
             if side is None:
@@ -458,11 +460,27 @@ class _Walker:
                     "load",
                     f"it reads {src} outside the tensor {list(shape)} without a padding condition",
                 )
+        if zeros and meaning.fill != "zero":
+            # A condition false on this tile: TVM may have simplified the read's index knowing
+            # the condition (`data[.., s*4 + x]` to `data[.., x]` under `s < 1`), so the
+            # window is the block's declared read, as for a body folded to zero.
+            src = self._operand(self._declared_dram_read(block), env, domain)
         load = Load.padded(dst, src, shape)
         if zeros and all(extent for _, extent in load.src.region):
             raise mismatch(block, "load", f"it fills zeros, but its window {src} holds data")
         self.sources[dst.buffer] = src.tensor
         return load
+
+    def _false_on_tile(self, slacks: tuple, env: dict, domain: dict) -> bool:
+        """Whether some comparison `slack >= 0` of a LOAD's condition fails on the whole tile:
+        the tile is a zero fill, whatever the (then meaningless) read says."""
+        dom = {v: sym.IntervalSet(lo, hi) for v, (lo, hi) in domain.items()}
+        for slack in slacks:
+            bound = self.analyzer.int_set(self.analyzer.simplify(substitute(slack, env)), dom)
+            high = bound.max_value
+            if isinstance(high, tirx.IntImm) and high.value < 0:
+                return True
+        return False
 
     # -- constant evaluation ---------------------------------------------------------------
     def _const(self, expr, env: dict) -> int:

@@ -73,6 +73,7 @@ class Meaning:
     fill: str = ""  # load: "copy", "padded" or "zero" (a window wholly in padding)
     unguarded: tuple[tuple[int, int], ...] = ()  # load: (dim, 0 low / 1 high) read unchecked
     residual: tuple = ()  # load: (slack, atom) of comparisons no bound until the tile is known
+    slacks: tuple = ()  # load: every comparison of the condition as an expression >= 0
     bounds: tuple = ()  # load: ((dim, side), expression >= 0) of each bound of the source
     indexing: Indexing | None = None  # load: the loop nest, for the residual comparisons
 
@@ -303,8 +304,10 @@ def _load_meaning(block, ix: Indexing, walker: _Walker, meaning: Meaning) -> Mea
         index, row = ix.expr(index), dst[dim]
         bounds += [((dim, 0), index, row), ((dim, 1), int(extent) - 1 - index, _neg(row))]
     residual = []  # comparisons TVM rewrote knowing the outer loops' ranges: seen per tile
+    every = []
     for atom in _conjuncts(ix.expr(guard)):
         slacks = _slacks(atom)
+        every += slacks or []
         if slacks is None:
             raise mismatch(
                 block,
@@ -323,6 +326,7 @@ def _load_meaning(block, ix: Indexing, walker: _Walker, meaning: Meaning) -> Mea
         fill="padded",
         unguarded=tuple(sorted(sides)),
         residual=tuple(residual),
+        slacks=tuple(every),
         bounds=tuple(bounds),
         indexing=ix,
     )

@@ -214,6 +214,29 @@ def test_padding_only_windows_lower_and_match_torch(name, mode):
             np.testing.assert_allclose(result.outputs["output"], expected, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("mode", MODES)
+def test_a_grid_tile_wholly_in_padding(mode):
+    """TVM folds the width bound of a spatial tile in padding into `fused < 2` and, knowing it,
+    drops the tile's offset from the read: the zero fill still names its own window (column 4,
+    the right padding)."""
+    workload = Workload(1, 1, 3, 4, 3, 2, 1, stride=(2, 2), padding=(2, 0, 2, 1), epilogue=(BIAS,))
+    program = simulate_against_torch(workload, TileConfig(2, "width", mode, channel_tiles=2))
+    fills = [i for i in loads_of(program, "inp") if i.src.region[3][1] == 0]
+    assert fills and all((i.src.region[3], i.pad[3]) == ((4, 0), (0, 1)) for i in fills)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_grouped_grid_wholly_in_padding(mode):
+    """Every input column is padding: TVM guards the read with a condition that never holds
+    (`fused // 4 == 1 and fused < 4`) and indexes it `data[0, fused, h, -1]`; each tile is
+    still a zero fill of its own group's channel."""
+    workload = Workload(
+        1, 4, 4, 1, 8, 3, 1, (2, 2), (0, 1, 0, 1), groups=4, epilogue=(RESIDUAL, RELU)
+    )
+    program = simulate_against_torch(workload, TileConfig(2, "width", mode, channel_tiles=4))
+    assert {i.src.region[1] for i in loads_of(program, "inp")} == {(c, 1) for c in range(4)}
+
+
 def test_padding_only_load_is_a_zero_fill_of_the_whole_tile():
     workload = PADDING_ONLY["height_1x1"]
     program = lower_to_program(workload, TileConfig(1, "height", "none"))
@@ -302,7 +325,7 @@ def test_a_whole_grouped_conv_is_one_grouped_conv():
 @pytest.mark.parametrize("mode", MODES)
 def test_grids_match_torch_in_both_orders(mode, order):
     workload = epilogue_workload(SCALE, RESIDUAL, RELU, channels=5)
-    for n_tiles, channel_tiles in ((2, 2), (3, 2), (2, 3)):  # ragged along both axes
+    for n_tiles, channel_tiles in ((2, 2), (3, 2), (2, 3), (3, 3)):  # ragged along both axes
         config = TileConfig(n_tiles, "height", mode, channel_tiles=channel_tiles, order=order)
         program = simulate_against_torch(workload, config)
         assert len(program.streams["store"]) == n_tiles * channel_tiles
