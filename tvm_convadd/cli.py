@@ -346,7 +346,31 @@ def _tune_command(args) -> str:
             argv += [f"--{option.replace('_', '-')}", str(getattr(args, option))]
     for name, dims in args.input_shape:
         argv += ["--input-shape", f"{name}:{'x'.join(map(str, dims))}"]
+    if args.tracker is not None:
+        argv += ["--tracker", args.tracker, "--key", args.key or "convadd-sim"]
+        if args.tracker_timeout is not None:
+            argv += ["--tracker-timeout", f"{args.tracker_timeout:g}"]
     return shlex.join(argv)
+
+
+def _remote_runner(args):
+    """--tracker/--key/--tracker-timeout as a RemoteRunner (None: measure locally), checked
+    against the tracker now, before the model is loaded."""
+    from tvm_convadd import rpc
+
+    if args.tracker is None:
+        if args.key is not None or args.tracker_timeout is not None:
+            given = "--key" if args.key is not None else "--tracker-timeout"
+            raise ConvAddError(f"{given} is for remote measurement: give --tracker HOST:PORT too")
+        return None
+    runner = rpc.RemoteRunner.parse(
+        args.tracker,
+        args.key or rpc.DEFAULT_KEY,
+        rpc.DEFAULT_TIMEOUT if args.tracker_timeout is None else args.tracker_timeout,
+    )
+    servers = rpc.server_count(runner)
+    print(f"measuring on {servers} server(s) of tracker {runner.address}, key {runner.key!r}")
+    return runner
 
 
 def cmd_tune(args) -> int:
@@ -354,6 +378,7 @@ def cmd_tune(args) -> int:
     from tvm_convadd.tuner import TuneInterrupted, tune_workloads
 
     _check_records_dir(args.records_dir)
+    runner = _remote_runner(args)
     mod, params, _, _ = _load_model(args)
     fused = fused_functions(PartitionConvAdd()(prepare(mod, params)))
     workloads = list(dict.fromkeys(f.workload for f in fused.values()))
@@ -366,7 +391,11 @@ def cmd_tune(args) -> int:
     )
     try:
         results = tune_workloads(
-            workloads, target=args.target, trials=args.trials, records_dir=args.records_dir
+            workloads,
+            target=args.target,
+            trials=args.trials,
+            records_dir=args.records_dir,
+            runner=runner,
         )
     except TuneInterrupted as stop:
         print(
@@ -439,6 +468,16 @@ def parser() -> argparse.ArgumentParser:
         "--trials", type=_positive("--trials"), default=64, help="measurements per layer"
     )
     tune.add_argument("--records", dest="records_dir", default="convadd-records", help="directory")
+    tune.add_argument(
+        "--tracker", metavar="HOST:PORT", help="measure on the RPC servers of this TVM tracker"
+    )
+    tune.add_argument("--key", help="the servers' key at the tracker (convadd-sim)")
+    tune.add_argument(
+        "--tracker-timeout",
+        type=float,
+        metavar="SECS",
+        help="seconds to reach the tracker and get a server from it (5)",
+    )
     tune.set_defaults(func=cmd_tune)
 
     explain = sub.add_parser("explain", help="say for each conv2d why it was or was not fused")

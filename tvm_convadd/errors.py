@@ -35,3 +35,8 @@ class DeadlockError(ProgramError):
 
 class RecordsError(ConvAddError):
     """A tuning-records file that cannot be read."""
+
+
+class RpcError(ConvAddError):
+    """Remote measurement that cannot go on: no tracker at the address, no server for the key,
+    or every server lost."""

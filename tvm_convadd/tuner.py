@@ -15,6 +15,12 @@ tune ends with `TuneInterrupted` (a KeyboardInterrupt), every measurement taken 
 records file. A second Ctrl-C interrupts at once. The pool's workers ignore SIGINT (it is the
 parent's to handle) and exit when their parent dies, even by SIGKILL.
 
+Past one machine, `runner=RemoteRunner(...)` measures on TVM RPC servers behind a tracker
+(`tvm_convadd.rpc`): the builder sends each new config to them at once, and they lower, check
+and simulate it (lowering is most of the cost); a config that does not fit fails its build, as
+here, so the search and its records are the same as a local run's. There a config is claimed
+once measured: two tuners racing for one may both measure it, but only one records it.
+
 Several tuners may share a records directory: each claims its configs (`records.claim`) after
 lowering them and before measuring, and takes the cycles of a config another live tuner
 claimed from the records file once that tuner has written them, so no config is measured twice.
@@ -35,7 +41,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -53,8 +59,9 @@ from tvm.s_tir.meta_schedule.measure_callback import PyMeasureCallback
 from tvm.s_tir.meta_schedule.mutator import PyMutator
 from tvm.s_tir.meta_schedule.runner import PyRunner, RunnerFuture, RunnerInput, RunnerResult
 
-from tvm_convadd import heuristic, records, search_space
-from tvm_convadd.errors import RecordsError, TileConfigError
+from tvm_convadd import heuristic, records, rpc, search_space
+from tvm_convadd.errors import RecordsError, RpcError, TileConfigError
+from tvm_convadd.rpc import RemoteRunner, TrackerPool
 from tvm_convadd.schedules.primfunc import convadd_primfunc
 from tvm_convadd.schedules.tile_config import TileConfig
 from tvm_convadd.schedules.workload import Workload
@@ -248,7 +255,7 @@ class _Session:
     records_path: Path
     known: dict[TileConfig, int]  # config -> cycles, earlier runs and this one
     on_measure: MeasureHook | None = None
-    pool: ProcessPoolExecutor | None = None
+    pool: ProcessPoolExecutor | TrackerPool | None = None
     artifacts: str = field(default_factory=lambda: tempfile.mkdtemp(prefix="convadd_tune_"))
     kinds: dict[str, tuple] = field(default_factory=dict)  # artifact -> (kind, value)
     trials: list[int | None] = field(default_factory=list)
@@ -332,6 +339,8 @@ class ProgramBuilder(PyBuilder):
     def build(self, build_inputs: list[BuilderInput]) -> list[BuilderResult]:
         session = self.session
         session.check_stop()
+        if isinstance(session.pool, TrackerPool):
+            return self._build_remote([bi.mod for bi in build_inputs])
         built = [self._build_one(bi.mod) for bi in build_inputs]
         new = [config for result, config in built if config is not None]
         ours = session.claim(new) if new else set()
@@ -345,14 +354,9 @@ class ProgramBuilder(PyBuilder):
         """The build result, and the config if it is to be measured (else None)."""
         session = self.session
         config = config_of(mod)
-        # RemoveBuildArtifact deletes dirname(artifact): one directory per artifact
-        directory = tempfile.mkdtemp(dir=session.artifacts)
-        artifact = os.path.join(directory, "program.json")
+        artifact = self._artifact()
         if config in session.known:
-            with open(artifact, "w") as file:
-                json.dump({"cycles": session.known[config], "config": config.to_dict()}, file)
-            session.kinds[artifact] = ("cached", session.known[config])
-            return BuilderResult(artifact, None), None
+            return self._cached(config, artifact), None
         try:
             program = search_space.lowered(session.workload, config)
         except Exception as err:  # a schedule or lowering bug must not stop the whole tune
@@ -360,16 +364,91 @@ class ProgramBuilder(PyBuilder):
             return BuilderResult(None, f"{config}: lowering failed: {err}"), None
         over = overflowing(program, session.hardware)
         if over:
-            details = "; ".join(f"{b} needs {n} B, has {c} B" for b, (n, c) in over.items())
-            message = (
-                f"{config} does not fit {session.hardware.name}: {details}; "
-                "the tuner skips it (more tiles or another axis fit)"
-            )
-            return BuilderResult(None, message), None
+            return BuilderResult(None, self._misfit(config, over)), None
         with open(artifact, "w") as file:
             file.write(program.to_json())
         session.kinds[artifact] = ("program", config)
         return BuilderResult(artifact, None), config
+
+    def _artifact(self) -> str:
+        # RemoveBuildArtifact deletes dirname(artifact): one directory per artifact
+        return os.path.join(tempfile.mkdtemp(dir=self.session.artifacts), "program.json")
+
+    def _cached(self, config: TileConfig, artifact: str) -> BuilderResult:
+        cycles = self.session.known[config]
+        with open(artifact, "w") as file:
+            json.dump({"cycles": cycles, "config": config.to_dict()}, file)
+        self.session.kinds[artifact] = ("cached", cycles)
+        return BuilderResult(artifact, None)
+
+    def _misfit(self, config: TileConfig, over: dict) -> str:
+        details = "; ".join(f"{b} needs {n} B, has {c} B" for b, (n, c) in over.items())
+        return (
+            f"{config} does not fit {self.session.hardware.name}: {details}; "
+            "the tuner skips it (more tiles or another axis fit)"
+        )
+
+    def _build_remote(self, mods: list[tvm.IRModule]) -> list[BuilderResult]:
+        """The remote runner's build: each new config goes to the servers at once, which lower,
+        check and simulate it; a config that does not fit fails here, as in `_build_one`. Each
+        result is claimed as it comes (and kept by a stop); a refused claim is another tuner's."""
+        session = self.session
+        configs = [config_of(mod) for mod in mods]
+        artifacts = [self._artifact() for _ in mods]
+        jobs = {
+            session.pool.submit(rpc.job_text(session.workload, config, session.hardware)): config
+            for config in dict.fromkeys(configs)
+            if config not in session.known
+        }
+        failed: dict[TileConfig, str] = {}
+        pending = set(jobs)
+        while pending:
+            session.check_stop()
+            done, pending = wait(pending, timeout=rpc.POLL_SECS, return_when=FIRST_COMPLETED)
+            for future in done:
+                try:
+                    result = future.result()
+                except RpcError as err:  # no server left: stop, keeping the records
+                    session.interrupted = err
+                    raise
+                failure = self._remote_result(jobs[future], result)
+                if failure is not None:
+                    failed[jobs[future]] = failure
+        results = []
+        for config, artifact in zip(configs, artifacts):
+            if config in failed:
+                results.append(BuilderResult(None, failed[config]))
+                continue
+            if config in session.known and config not in session.running:
+                results.append(self._cached(config, artifact))
+                continue
+            with open(artifact, "w") as file:
+                file.write(rpc.job_text(session.workload, config, session.hardware))
+            mine = config in session.running
+            session.kinds[artifact] = ("program" if mine else "claimed", config)
+            results.append(BuilderResult(artifact, None))
+        session.check_stop()
+        return results
+
+    def _remote_result(self, config: TileConfig, result: dict) -> str | None:
+        """Take one job's result: the build error if it failed to lower or fit, else None
+        (its cycles, or its simulation error, wait in `running` if this tuner claims it)."""
+        session = self.session
+        stage = result.get("stage")
+        if stage == "fit":
+            return self._misfit(config, {b: tuple(nc) for b, nc in result["overflow"].items()})
+        if stage == "lower":
+            return f"{config}: lowering failed on a server: {result['error']}"
+        if stage in ("job", "servers"):
+            return f"{config}: {result['error']}"
+        if config in session.claim([config]):
+            done: Future = Future()
+            try:
+                done.set_result(rpc.cycles_of(result))
+            except rpc.JobFailed as err:
+                done.set_exception(err)
+            session.running[config] = done
+        return None
 
 
 def simulate_artifact(path: str, hardware: str) -> int:
@@ -419,6 +498,9 @@ class SimRunner(PyRunner):
 
     def _submit(self, path: str) -> Future:
         hardware = _hardware_json(self.session.hardware)
+        if isinstance(self.session.pool, TrackerPool):  # the artifact is the job
+            with open(path) as file:
+                return rpc.chained(self.session.pool.submit(file.read()), rpc.cycles_of)
         if self.session.pool is not None:
             return self.session.pool.submit(simulate_artifact, path, hardware)
         future: Future = Future()
@@ -440,6 +522,9 @@ class SimRunner(PyRunner):
         session.check_stop()
         try:
             cycles = future.result()
+        except RpcError as err:  # no server left to measure on: stop, keeping the records
+            session.interrupted = err
+            raise
         except Exception as err:  # a simulator error is this candidate's failure only
             session.check_stop()
             session.running.pop(new_config, None)
@@ -507,14 +592,17 @@ def tune_workload(
     max_workers: int = 2,
     trials_per_iter: int = 8,
     on_measure: MeasureHook | None = None,
+    runner: RemoteRunner | None = None,
 ) -> TuneResult:
     """Tune `workload` for `target` with MetaSchedule + XGBoost, `trials` measurements in all.
 
     Records already in `records_dir` count toward `trials` and are never re-measured, so an
     interrupted run, started again, spends only what is left. Tuners sharing `records_dir`
     never measure a config twice (see the module docstring). `max_workers=0` simulates in
-    this process. `on_measure(config, cycles)` runs after each new record is written. Ctrl-C
-    (in the main thread) raises `TuneInterrupted` once the records written so far are safe."""
+    this process; `runner` measures on the servers of a TVM RPC tracker instead (RpcError if
+    there is none, or none is left). `on_measure(config, cycles)` runs after each new record is
+    written. Ctrl-C (in the main thread) raises `TuneInterrupted` once the records written so
+    far are safe."""
     name = records.target_name(target)
     hardware = hardware_for_target(target)
     records_path = Path(records_dir) / records.RECORDS_FILE
@@ -529,7 +617,10 @@ def tune_workload(
             try:
                 if budget > 0:
                     # the workers start (and import TVM) while this process imports the rest
-                    session.pool = _pool(max_workers) if max_workers > 0 else None
+                    if runner is not None:
+                        session.pool = TrackerPool(runner)
+                    elif max_workers > 0:
+                        session.pool = _pool(max_workers)
                     _import_tensor_intrin()
                     _run_metaschedule(
                         session,
