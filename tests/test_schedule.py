@@ -27,54 +27,62 @@ AXES = ("height", "width", "channel")
 CLIP = (EpilogueOp("max", "const", -0.5), EpilogueOp("min", "const", 0.5))
 RELU6 = (RELU, EpilogueOp("min", "const", 6.0))
 
-# name -> (workload, the axis its tile count cuts): kernel sizes 1/3/7, strides 1/2, paddings
-# 0/1/3, every epilogue op, grouped and depthwise convs, a bare conv
+# name -> workload: kernel sizes 1/3/7, strides 1/2, paddings 0/1/3, every epilogue op, grouped
+# and depthwise convs, a bare conv (test_accelerator runs them on the simulator too)
 FAMILIES = {
-    "1x1_s1_p0": (Workload(1, 16, 14, 14, 32, 1, 1), "height"),
-    "3x3_s1_p1_bias_relu": (
-        Workload(
-            1,
-            8,
-            16,
-            16,
-            8,
-            3,
-            3,
-            (1, 1),
-            (1, 1, 1, 1),
-            epilogue=standard_epilogue(bias=True, relu=True),
-        ),
-        "width",
+    "1x1_s1_p0": Workload(1, 16, 14, 14, 32, 1, 1),
+    "3x3_s1_p1_bias_relu": Workload(
+        1,
+        8,
+        16,
+        16,
+        8,
+        3,
+        3,
+        (1, 1),
+        (1, 1, 1, 1),
+        epilogue=standard_epilogue(bias=True, relu=True),
     ),
-    "3x3_s2_p1": (Workload(1, 8, 17, 17, 16, 3, 3, (2, 2), (1, 1, 1, 1)), "channel"),
-    "7x7_s2_p3_bias": (
-        Workload(1, 3, 20, 20, 8, 7, 7, (2, 2), (3, 3, 3, 3), epilogue=(BIAS, RESIDUAL)),
-        "height",
+    "3x3_s2_p1": Workload(1, 8, 17, 17, 16, 3, 3, (2, 2), (1, 1, 1, 1)),
+    "7x7_s2_p3_bias": Workload(
+        1, 3, 20, 20, 8, 7, 7, (2, 2), (3, 3, 3, 3), epilogue=(BIAS, RESIDUAL)
     ),
-    "1x1_s2_batch2_scale_bias": (
-        Workload(2, 8, 16, 16, 16, 1, 1, (2, 2), epilogue=(SCALE, BIAS, RESIDUAL)),
-        "width",
+    "1x1_s2_batch2_scale_bias": Workload(
+        2, 8, 16, 16, 16, 1, 1, (2, 2), epilogue=(SCALE, BIAS, RESIDUAL)
     ),
-    "bare_conv": (Workload(1, 4, 9, 9, 6, 3, 3, (1, 1), (1, 1, 1, 1), epilogue=()), "height"),
-    "grouped_g3_scale_bias_relu6": (
-        Workload(
-            1, 6, 9, 9, 6, 3, 3, (1, 1), (1, 1, 1, 1), groups=3, epilogue=(SCALE, BIAS, *RELU6)
-        ),
-        "channel",
+    "bare_conv": Workload(1, 4, 9, 9, 6, 3, 3, (1, 1), (1, 1, 1, 1), epilogue=()),
+    "grouped_g3_scale_bias_relu6": Workload(
+        1, 6, 9, 9, 6, 3, 3, (1, 1), (1, 1, 1, 1), groups=3, epilogue=(SCALE, BIAS, *RELU6)
     ),
-    "depthwise_bias_relu": (
-        Workload(1, 6, 10, 10, 6, 3, 3, (2, 2), (1, 1, 1, 1), groups=6, epilogue=(BIAS, RELU)),
-        "height",
+    "depthwise_bias_relu": Workload(
+        1, 6, 10, 10, 6, 3, 3, (2, 2), (1, 1, 1, 1), groups=6, epilogue=(BIAS, RELU)
     ),
-    "depthwise_x2_clip": (
-        Workload(1, 3, 8, 8, 6, 3, 3, (1, 1), (1, 1, 1, 1), groups=3, epilogue=CLIP),
-        "channel",
+    "depthwise_x2_clip": Workload(
+        1, 3, 8, 8, 6, 3, 3, (1, 1), (1, 1, 1, 1), groups=3, epilogue=CLIP
     ),
-    "two_residuals_mul": (
-        Workload(1, 4, 8, 8, 4, 1, 1, epilogue=(RESIDUAL, SCALE, RESIDUAL)),
-        "width",
-    ),
+    "two_residuals_mul": Workload(1, 4, 8, 8, 4, 1, 1, epilogue=(RESIDUAL, SCALE, RESIDUAL)),
 }
+# the axis each family's three tiles cut, so that the families cover every axis
+FAMILY_AXES = {
+    "1x1_s1_p0": "height",
+    "3x3_s1_p1_bias_relu": "width",
+    "3x3_s2_p1": "channel",
+    "7x7_s2_p3_bias": "height",
+    "1x1_s2_batch2_scale_bias": "width",
+    "bare_conv": "height",
+    "grouped_g3_scale_bias_relu6": "channel",
+    "depthwise_bias_relu": "height",
+    "depthwise_x2_clip": "channel",
+    "two_residuals_mul": "width",
+}
+TILE_COUNTS = (1, 2, 3, 4, 7, 8, 16, "full")
+
+
+def tile_counts(workload: Workload, axis: str) -> list[int]:
+    """A spread of tile counts along `axis`, from 1 to its extent (test_accelerator's too)."""
+    extent = TileConfig(1, axis).axis_extent(workload)
+    counts = {extent if n == "full" else n for n in TILE_COUNTS}
+    return sorted(n for n in counts if n <= extent)
 
 
 def check(workload: Workload, config: TileConfig) -> None:
@@ -87,13 +95,12 @@ def check(workload: Workload, config: TileConfig) -> None:
 @pytest.mark.parametrize("family", FAMILIES)
 def test_every_family_in_every_mode(family, mode):
     """Three tiles along the family's axis: ragged for most of them."""
-    workload, axis = FAMILIES[family]
-    check(workload, TileConfig(3, axis, mode))
+    check(FAMILIES[family], TileConfig(3, FAMILY_AXES[family], mode))
 
 
 @pytest.mark.parametrize("n_tiles", [1, 2, "full"])
 def test_tile_counts_from_one_to_the_extent(n_tiles):
-    workload, _ = FAMILIES["3x3_s1_p1_bias_relu"]
+    workload = FAMILIES["3x3_s1_p1_bias_relu"]
     for axis in AXES:
         extent = TileConfig(1, axis).axis_extent(workload)
         check(workload, TileConfig(extent if n_tiles == "full" else n_tiles, axis, "software"))
