@@ -5,7 +5,7 @@ best configs of the analytic ranking, each simulated timing-only on the target; 
 measured config of every layer becomes the shipped record. Taking the analytic top-k as well
 keeps a shipped record from ever losing to the heuristic it replaces.
 
-    python benchmarks/refresh_records.py resnet50 --tuned DIR/records.jsonl [--top 16]
+    python benchmarks/refresh_records.py resnet50 [--tuned DIR/records.jsonl] [--top 16]
 """
 
 from __future__ import annotations
@@ -25,12 +25,12 @@ from tvm_convadd.target.simulator import simulate
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("network")
-    parser.add_argument("--tuned", required=True, help="records.jsonl of a tuning run")
+    parser.add_argument("--tuned", help="records.jsonl of a tuning run (optional)")
     parser.add_argument("--top", type=int, default=16)
     parser.add_argument("--target", default="convadd-sim")
     args = parser.parse_args()
     hardware = hardware_for_target(args.target)
-    tuned, errors = load_records(args.tuned)
+    tuned, errors = load_records(args.tuned) if args.tuned else ([], [])
     if errors:
         raise SystemExit(f"refresh_records: {errors[0]}")
     mod, params = get_network(args.network, image_size=224)
@@ -39,9 +39,7 @@ def main() -> None:
     best: list[Record] = []
     for workload in tqdm(sorted(workloads, key=lambda w: w.key), desc=args.network):
         candidates = [r for r in tuned if r.workload == workload]
-        ranked = [e.config for e in heuristic.ranked(workload, hardware)]
-        fitting = [c for c in ranked if search_space.fits(workload, c, hardware)][: args.top]
-        for config in fitting:
+        for config in _fitting(workload, hardware, args.top):
             program = search_space.lowered(workload, config)
             cycles = simulate(program, hardware, functional=False).total_cycles
             candidates.append(Record(workload, args.target, config, cycles))
@@ -52,6 +50,20 @@ def main() -> None:
     path = packaged_records_dir() / f"{args.network}.json"
     save_records(path, best)
     print(f"wrote {path}")
+
+
+def _fitting(workload, hardware, count: int) -> list:
+    """The `count` best-ranked configs that fit (the footprint bound skips most unlowered)."""
+    fitting = []
+    for estimate in heuristic.ranked(workload, hardware):
+        config = estimate.config
+        if heuristic.may_fit(workload, config, hardware) and search_space.fits(
+            workload, config, hardware
+        ):
+            fitting.append(config)
+            if len(fitting) == count:
+                break
+    return fitting
 
 
 if __name__ == "__main__":

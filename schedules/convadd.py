@@ -60,7 +60,11 @@ def schedule_convadd(workload: Workload, config: TileConfig) -> s_tir.Schedule:
     sch = s_tir.Schedule(tvm.IRModule({"main": convadd_primfunc(workload)}))
     stages = _add_cache_stages(sch, workload)
     tile_loop = _split_tiles(sch, workload, config)
-    per_tile = [s for s in stages if s.role in ("inp", "acc", "tensor", "out")]
+    # A channel-only tiling of an ungrouped conv reads the whole input in every tile: it loads
+    # once before the tile loop (one slot), as the weights do when the channels are not cut.
+    whole_input = config.input_once(workload)
+    per_tile = [s for s in stages if s.role in ("acc", "tensor", "out")]
+    per_tile += [s for s in stages if s.role == "inp" and not whole_input]
     if config.channel_count > 1:
         per_tile += [s for s in stages if s.role in ("wgt", "channel")]
     for stage in reversed(_program_order(per_tile)):

@@ -76,6 +76,11 @@ class TileConfig:
         """How many tiles cut the spatial axis (1 when it is not cut)."""
         return 1 if self.axis == "channel" else self.n_tiles
 
+    def input_once(self, workload: Workload) -> bool:
+        """Whether the input loads whole, once, before the tile loop: when only the channels
+        are cut and every tile reads all input channels (an ungrouped conv)."""
+        return self.axis == "channel" and workload.groups == 1
+
     def axis_extent(self, workload: Workload) -> int:
         """Extent of the tiled output axis."""
         return {

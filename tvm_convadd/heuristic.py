@@ -192,6 +192,8 @@ def estimate(workload: Workload, config: TileConfig, hardware: HardwareConfig) -
     ns, nc = len(grid.spatial), len(grid.channel)
     tiles = ns * nc
     once_names = ["wgt"] if config.channel_count == 1 else []
+    if config.input_once(workload):  # the whole input, before the tile loop
+        once_names.append("inp")
     if config.channel_count == 1:
         once_names += [n for n, s in workload.operand_shapes.items() if s != workload.out_shape]
     shapes = {  # distinct tile shapes (at most four: full and ragged along each axis)
@@ -222,6 +224,7 @@ def estimate(workload: Workload, config: TileConfig, hardware: HardwareConfig) -
         busy["store"] += n * tile.store
     first_load = sum(first.loads[n] for n in mean)
     conv_operands = sum(first.loads[n] for n in ("inp", "wgt") if n in mean)
+    once_bytes_names = [n for n in once_names if n != "inp"]
     # the first tile: its loads, conv, add, store; software pipelining issues the epilogue's
     # loads after the conv's, so they run under the first conv
     overlap = min(first.conv, first_load - conv_operands) if config.pipeline == "software" else 0
@@ -241,7 +244,7 @@ def estimate(workload: Workload, config: TileConfig, hardware: HardwareConfig) -
         steady = max(rest.values())
     if config.pipeline == "vthread" and tiles > 1:  # a tile pair's loads precede its convs
         fill += first_load
-    once_bytes = sum(_bytes(workload, name, grid.channel[0]) for name in once_names)
+    once_bytes = sum(_bytes(workload, name, grid.channel[0]) for name in once_bytes_names)
     buffer_bytes = first.tile_bytes * slots + once_bytes * (1 - slots)
     last = cost(grid.spatial[-1], grid.channel[-1])
     return Estimate(config, tiles, first, last, once, fill + steady, buffer_bytes, busy)
@@ -300,15 +303,18 @@ def footprint(workload: Workload, config: TileConfig) -> dict[str, int]:
     in_cols = (width - 1) * workload.stride[1] + workload.kernel_w
     groups = -(-channels // workload.group_out_channels) if workload.groups > 1 else 1
     in_channels = min(workload.in_channels, groups * workload.group_in_channels)
+    if config.input_once(workload):  # loaded whole: the padded input
+        in_rows, in_cols = workload.padded_height, workload.padded_width
     tile = {"none": 1, "software": 2, "vthread": 2}[config.pipeline]
     channel_tiled = config.channel_count > 1
+    whole_input = config.input_once(workload)
     vector_slots = {"none": 1, "software": 3, "vthread": 2}[config.pipeline] if channel_tiled else 1
     out_tile = batch * channels * height * width
     tensors = sum(1 for s in workload.operand_shapes.values() if s == workload.out_shape)
     vectors = len(workload.operand_shapes) - tensors
     elem = 4
     return {
-        "inp": tile * batch * in_channels * in_rows * in_cols * elem,
+        "inp": (1 if whole_input else tile) * batch * in_channels * in_rows * in_cols * elem,
         "wgt": (tile if channel_tiled else 1)
         * channels
         * math.prod(workload.weight_shape[1:])
