@@ -49,9 +49,13 @@ class Stage:
 
     @property
     def role(self) -> str:
-        """The buffer, or for an epilogue operand what it holds: "tensor" or "channel"."""
-        family = epilogue_family(self.buffer)
-        return self.buffer if family is None else EPILOGUE_KINDS[family]
+        return buffer_role(self.buffer)
+
+
+def buffer_role(buffer: str) -> str:
+    """The buffer, or for an epilogue operand's buffer what it holds: "tensor" or "channel"."""
+    family = epilogue_family(buffer)
+    return buffer if family is None else EPILOGUE_KINDS[family]
 
 
 def schedule_convadd(workload: Workload, config: TileConfig) -> s_tir.Schedule:
@@ -165,7 +169,7 @@ def _fused_grid(sch: s_tir.Schedule, workload: Workload, config: TileConfig, loo
 def _pipeline(sch: s_tir.Schedule, tile_loop, config: TileConfig) -> None:
     if config.pipeline == "software":
         body = sch.get_child_blocks(tile_loop)
-        roles = [Stage("", "", str(sch.get(b).annotations[BUFFER_ATTR])).role for b in body]
+        roles = [buffer_role(str(sch.get(b).annotations[BUFFER_ATTR])) for b in body]
         sch.annotate(tile_loop, "software_pipeline_stage", [PIPELINE_STAGE[r] for r in roles])
         sch.annotate(tile_loop, "software_pipeline_order", list(range(len(body))))
     elif config.pipeline == "vthread":
