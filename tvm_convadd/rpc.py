@@ -27,7 +27,7 @@ import sys
 import threading
 import time
 from concurrent.futures import Future, InvalidStateError
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from functools import lru_cache
 
 from tvm_convadd.errors import RpcError
@@ -304,7 +304,6 @@ class _Dispatch:
     session: object
     measure: object
     address: str
-    jobs: int = field(default=0)
 
 
 class TrackerPool:
@@ -391,7 +390,7 @@ class TrackerPool:
             except Exception as err:  # the server or its connection is gone
                 logger.warning("server %s lost during a job: %s", dispatch.address, err)
                 self._requeue(job, dispatch.address, err)
-                dispatch = None
+                dispatch = None  # close the dead session before holding another
                 with self._lock:
                     self._live -= 1
                     self._starting += 1
@@ -403,7 +402,6 @@ class TrackerPool:
                     else:
                         self._fail_if_alone()
                 continue
-            dispatch.jobs += 1
             _settle(job.future, result)
         with self._lock:
             if dispatch is not None:
@@ -450,9 +448,9 @@ class TrackerPool:
         runner = self.runner
         deadline = time.monotonic() + runner.timeout
         while time.monotonic() < deadline and not self._closed:
+            if replacing and self._none_to_spare():
+                return None
             try:
-                if replacing and server_count(runner) <= self._live:
-                    return None
                 url, port, matchkey = self._request(deadline)
                 session = rpc.connect(url, port, matchkey, session_timeout=0)
                 measure = session.get_function(MEASURE_FUNC)
@@ -477,6 +475,13 @@ class TrackerPool:
                 "raise --tracker-timeout"
             )
         return None
+
+    def _none_to_spare(self) -> bool:
+        """Whether the tracker lists no server beyond those this pool holds."""
+        try:
+            return server_count(self.runner) <= self._live
+        except RpcError:  # no server for the key, or no tracker, any more
+            return True
 
     def _request(self, deadline: float) -> tuple[str, int, str]:
         """One free server (url, port, matchkey) from the tracker, waiting until `deadline`."""
