@@ -1,12 +1,13 @@
 """Tuning through a TVM RPC tracker: wall time with 2 measurement servers against 1.
 
-Starts a tracker and two `python -m tvm_convadd.rpc server`s on localhost, tunes ResNet-50's
-four conv + residual-add layers (one per stage, the adds the project fuses) with both servers,
-then kills one and tunes again with the other alone; the local process pool is the reference
-row. Every run starts from empty records with the same seed, so all measure the same configs
-(checked). The servers lower and simulate; this process runs MetaSchedule and XGBoost.
+Starts a tracker and three `python -m tvm_convadd.rpc server`s on localhost (two under one
+key, one under another) and tunes ResNet-50's four conv + residual-add layers (one per stage,
+the adds the project fuses) with the pair and with the single server in turn; the local
+process pool is the reference row. Every run starts from empty records with the same seed, so
+all measure the same configs (checked). The servers lower and simulate; this process runs
+MetaSchedule and XGBoost.
 
-    python benchmarks/rpc_scaling.py [--trials 32] [--layers 4]
+    python benchmarks/rpc_scaling.py [--trials 32] [--layers 4] [--repeat 2]
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import argparse
 import os
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -76,6 +78,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=32, help="trials per layer (32)")
     parser.add_argument("--layers", type=int, default=len(LAYERS), help="how many of the four")
+    parser.add_argument("--repeat", type=int, default=2, help="2-server/1-server pairs (2)")
     args = parser.parse_args()
     layers = LAYERS[: args.layers]
     load_before = os.getloadavg()[0]
@@ -87,26 +90,34 @@ def main() -> None:
             *("--port", str(tracker_port), "--port-end", str(tracker_port + 1)),
         )
     ]
-    runner = rpc.RemoteRunner("127.0.0.1", tracker_port, KEY, timeout=10.0)
+    # two servers under one key, one under another: the runs alternate, an idle server costs
+    # nothing, so a change in the machine's load hits both sides alike
+    pair = rpc.RemoteRunner("127.0.0.1", tracker_port, f"{KEY}-pair", timeout=10.0)
+    solo = rpc.RemoteRunner("127.0.0.1", tracker_port, f"{KEY}-solo", timeout=10.0)
+    walls: dict[str, list[float]] = {"2 servers": [], "1 server": [], "local pool (2 workers)": []}
+    found = []
     try:
-        for _ in range(2):
+        for key in (pair.key, pair.key, solo.key):
             port = free_port()
             procs.append(
                 spawn(
                     *("tvm_convadd.rpc", "server", "--tracker", f"127.0.0.1:{tracker_port}"),
-                    *("--key", KEY, "--host", "127.0.0.1"),
+                    *("--key", key, "--host", "127.0.0.1"),
                     *("--port", str(port), "--port-end", str(port + 1)),
                 )
             )
         import tvm.s_tir.tensor_intrin  # noqa: F401 (MetaSchedule's ~14 s import, outside the runs)
 
-        wait_for(runner, 2)
-        rows = [("2 servers", *tune(layers, args.trials, runner))]
-        procs[1].kill()  # its server and session processes die with it
-        procs[1].wait()
-        wait_for(runner, 1)
-        rows.append(("1 server", *tune(layers, args.trials, runner)))
-        rows.append(("local pool (2 workers)", *tune(layers, args.trials, None)))
+        wait_for(pair, 2)
+        wait_for(solo, 1)
+        for _ in range(args.repeat):
+            for name, runner in (("2 servers", pair), ("1 server", solo)):
+                wall, kept = tune(layers, args.trials, runner)
+                walls[name].append(wall)
+                found.append(kept)
+        wall, kept = tune(layers, args.trials, None)
+        walls["local pool (2 workers)"].append(wall)
+        found.append(kept)
     finally:
         for proc in procs:
             try:
@@ -114,18 +125,19 @@ def main() -> None:
             except ProcessLookupError:
                 pass
 
-    same = all(found == rows[0][2] for _, _, found in rows)
     print(
-        f"{len(layers)} ResNet-50 layers x {args.trials} trials, {len(rows[0][2])} configs "
-        f"measured, {os.cpu_count()} cores, load average {load_before:.1f} before and "
+        f"{len(layers)} ResNet-50 layers x {args.trials} trials, {len(found[0])} configs "
+        f"measured per run, {os.cpu_count()} cores, load average {load_before:.1f} before and "
         f"{os.getloadavg()[0]:.1f} after (other work on the machine skews the ratio)"
     )
-    print(f"{'runner':<24} {'wall s':>8} {'vs 1 server':>12}")
-    one = rows[1][1]
-    for name, wall, _ in rows:
-        print(f"{name:<24} {wall:>8.1f} {wall / one:>12.2f}")
-    print(f"2 servers / 1 server wall time: {rows[0][1] / one:.2f}")
-    print(f"records identical across runs: {'yes' if same else 'NO'}")
+    one = statistics.median(walls["1 server"])
+    print(f"{'runner':<24} {'runs':>4} {'median wall s':>14} {'vs 1 server':>12}  walls")
+    for name, runs in walls.items():
+        median = statistics.median(runs)
+        shown = " ".join(f"{w:.1f}" for w in runs)
+        print(f"{name:<24} {len(runs):>4} {median:>14.1f} {median / one:>12.2f}  {shown}")
+    print(f"2 servers / 1 server wall time: {statistics.median(walls['2 servers']) / one:.2f}")
+    print(f"records identical across runs: {'yes' if all(f == found[0] for f in found) else 'NO'}")
 
 
 if __name__ == "__main__":

@@ -10,9 +10,9 @@ TileConfig (N up to 2 past the axis extent, a 2-D grid in either order) and a ha
 config (a shipped one or a random valid design point, sometimes with buffers too small).
 `check_case` lowers it, simulates it functionally and timing-only, and compares with
 torch.nn.functional.conv2d in float64; a BufferOverflowError is checked to be true and its
-advice (the smallest tile count that fits) right. It returns the name of the documented
-error the case raised (or None), raises `WrongAnswer` for a wrong result and lets any other
-exception escape.
+advice (the smallest tiling that fits, along the axis or as a grid) right. It returns the
+name of the documented error the case raised (or None), raises `WrongAnswer` for a wrong
+result and lets any other exception escape.
 """
 
 from __future__ import annotations
@@ -328,17 +328,32 @@ def _fits(workload: Workload, config: TileConfig, hardware: HardwareConfig) -> b
     return all(need[pool] <= hardware.buffer_bytes[pool] for pool in need)
 
 
+# The lowering's advice (target/lower.py `check_fits`), one pattern per form.
+ADVICE_ALONG_AXIS = re.compile(r"use at least (\d+) tiles along (\w+)")
+ADVICE_GRID = re.compile(
+    r"no tile count along (\w+) alone fits: use channel_tiles=(\d+) with (\d+) tile\(s\) along"
+)
+NO_FIT_CHANNEL = "no tile count along channel fits"
+NO_FIT_GRID = re.compile(r"no tile count along (\w+), nor any with channel_tiles, fits")
+
+
 def check_overflow(case: Case, err: BufferOverflowError) -> None:
-    """A BufferOverflowError from the lowering must be true, and so must its advice: "use at
-    least K tiles" names the smallest K that fits, "no tile count fits" means N = extent
-    does not fit either. (Fitting is monotone in N: tiles only shrink as N grows.)"""
+    """A BufferOverflowError from the lowering must be true, and so must its advice, which must
+    be one of the lowering's forms: "use at least K tiles along <axis>" names the smallest K
+    that fits (channel tiles kept); "no tile count along <axis> alone fits: use channel_tiles=C
+    with K tile(s)" means N = extent does not fit and C x K is a fitting grid with the fewest
+    tiles; "no tile count ... fits" means the finest tiling does not fit either. (Fitting is
+    monotone in each count: tiles only shrink as a count grows.)"""
     workload, config, hardware = case.workload, case.config, case.hardware
+    message = str(err)
     if _fits(workload, config, hardware):
         raise WrongAnswer(f"BufferOverflowError, but the program fits {hardware.name}: {err}")
     extent = config.axis_extent(workload)
-    advice = re.search(r"use at least (\d+) tiles along", str(err))
-    if advice:
+    finest_along_axis = replace(config, n_tiles=extent)
+    if advice := ADVICE_ALONG_AXIS.search(message):
         smallest = int(advice[1])
+        if advice[2] != config.axis:
+            raise WrongAnswer(f"advises tiles along {advice[2]} for a {config.axis} tiling: {err}")
         if not config.n_tiles < smallest <= extent:
             raise WrongAnswer(f"advises {smallest} tiles, outside {config.n_tiles + 1}..{extent}")
         if not _fits(workload, replace(config, n_tiles=smallest), hardware):
@@ -346,9 +361,55 @@ def check_overflow(case: Case, err: BufferOverflowError) -> None:
         fewer = replace(config, n_tiles=smallest - 1)
         if smallest - 1 > config.n_tiles and _fits(workload, fewer, hardware):
             raise WrongAnswer(f"advises {smallest} tiles, but {smallest - 1} fit: {err}")
-    elif "no tile count" in str(err) and extent > config.n_tiles:
-        if _fits(workload, replace(config, n_tiles=extent), hardware):
+    elif advice := ADVICE_GRID.search(message):
+        check_grid_advice(case, advice[1], int(advice[2]), int(advice[3]), message)
+    elif NO_FIT_CHANNEL in message:
+        if config.axis != "channel":
+            raise WrongAnswer(f"says no channel count fits for a {config.axis} tiling: {err}")
+        if _fits(workload, finest_along_axis, hardware):
             raise WrongAnswer(f"says no tile count fits, but {extent} tiles do: {err}")
+    elif advice := NO_FIT_GRID.search(message):
+        if advice[1] != config.axis or config.axis == "channel":
+            raise WrongAnswer(f"says no {advice[1]} x channel grid fits a {config.axis} tiling")
+        finest_grid = replace(finest_along_axis, channel_tiles=workload.out_channels)
+        for finest in (finest_along_axis, finest_grid):
+            if _fits(workload, finest, hardware):
+                raise WrongAnswer(f"says no tiling fits, but {finest} does: {err}")
+    else:
+        raise WrongAnswer(f"BufferOverflowError without the lowering's advice: {err}")
+
+
+def check_grid_advice(
+    case: Case, axis: str, channel_tiles: int, n_tiles: int, message: str
+) -> None:
+    """The advice "use channel_tiles=C with K tile(s) along <axis>": no count along the axis
+    alone fits, the C x K grid is valid and fits, and no valid grid with more channel tiles than
+    the config's and fewer tiles in all fits (for each channel count, its largest spatial count
+    below C x K)."""
+    workload, config, hardware = case.workload, case.config, case.hardware
+    extent = config.axis_extent(workload)
+    if axis != config.axis or config.axis == "channel":
+        raise WrongAnswer(f"advises a {axis} x channel grid for a {config.axis} tiling: {message}")
+    if _fits(workload, replace(config, n_tiles=extent), hardware):
+        raise WrongAnswer(f"says no count along {axis} alone fits, but {extent} does: {message}")
+    advised = replace(config, n_tiles=n_tiles, channel_tiles=channel_tiles)
+    channels = workload.out_channels
+    if not (config.n_tiles <= n_tiles <= extent and config.channel_tiles < channel_tiles):
+        raise WrongAnswer(f"advises {advised}, not a finer grid than {config}: {message}")
+    if not valid_config(workload, advised):
+        raise WrongAnswer(f"advises {advised}, whose channel tiles are invalid: {message}")
+    if not _fits(workload, advised, hardware):
+        raise WrongAnswer(f"advises {advised}, which does not fit either: {message}")
+    total = n_tiles * channel_tiles
+    for count in range(config.channel_tiles + 1, channels + 1):
+        spatial = min(extent, (total - 1) // count)
+        if spatial < config.n_tiles:
+            break  # and for every larger count
+        smaller = replace(config, n_tiles=spatial, channel_tiles=count)
+        if not valid_config(workload, smaller):
+            continue
+        if _fits(workload, smaller, hardware):
+            raise WrongAnswer(f"advises {advised} ({total} tiles), but {smaller} fits: {message}")
 
 
 def valid_config(workload: Workload, config: TileConfig) -> bool:

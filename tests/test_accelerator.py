@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
+from tests.fuzz_cases import Case, check_overflow, valid_config
 from tests.test_schedule import FAMILIES, tile_counts
 from tvm_convadd import TileConfig, Workload
-from tvm_convadd.errors import BufferOverflowError, DeadlockError, HazardError
+from tvm_convadd.errors import BufferOverflowError, DeadlockError, HazardError, TileConfigError
 from tvm_convadd.reference import convadd_reference, random_inputs
-from tvm_convadd.schedules.workload import standard_epilogue
+from tvm_convadd.schedules.workload import BIAS, RELU, RESIDUAL, SCALE, standard_epilogue
 from tvm_convadd.target.hardware import load_config
 from tvm_convadd.target.isa import Program
 from tvm_convadd.target.lower import lower_to_program
@@ -42,14 +45,20 @@ def ideal_hw():
 
 
 def run_every_fitting_tile_count(workload: Workload, axis: str, mode: str, hardware) -> None:
-    """Each tile count either runs and matches numpy or is refused as too big for the buffers."""
+    """Each tile count runs and matches numpy, or is refused: as too big for the buffers (with
+    true advice), or because its channel tiles would straddle the groups of a grouped conv."""
     ran = 0
     for n_tiles in tile_counts(workload, axis):
+        config = TileConfig(n_tiles, axis, mode)
+        if not valid_config(workload, config):
+            with pytest.raises(TileConfigError, match="straddle the groups"):
+                lower_to_program(workload, config, hardware)
+            continue
         try:
-            run_on_simulator(workload, TileConfig(n_tiles, axis, mode), hardware)
+            run_on_simulator(workload, config, hardware)
             ran += 1
         except BufferOverflowError as err:
-            assert "tiles along" in str(err)
+            check_overflow(Case(workload, config, hardware), err)
     assert ran > 0
 
 
@@ -59,36 +68,81 @@ def test_simulated_output_equals_numpy(family, mode, default_hw):
     run_every_fitting_tile_count(FAMILIES[family], "height", mode, default_hw)
 
 
+# the layers the width and channel axes are run on: strided and padded ones from test_schedule,
+# a grouped one, and ResNet-50's last residual 1x1 conv (channels scaled by 1/8 for CI time)
+OTHER_AXES_FAMILIES = {
+    **{
+        name: FAMILIES[name]
+        for name in ("3x3_s2_p1", "7x7_s2_p3_bias", "grouped_g3_scale_bias_relu6")
+    },
+    "resnet50_stage4": Workload(
+        1, 64, 7, 7, 256, 1, 1, epilogue=standard_epilogue(bias=True, relu=True)
+    ),
+}
+
+
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("axis", ["width", "channel"])
-@pytest.mark.parametrize("family", ["3x3_s2_p1", "7x7_s2_p3", "resnet50_stage4"])
+@pytest.mark.parametrize("family", OTHER_AXES_FAMILIES)
 def test_simulated_output_other_axes(family, axis, mode, default_hw):
-    run_every_fitting_tile_count(FAMILIES[family], axis, mode, default_hw)
+    run_every_fitting_tile_count(OTHER_AXES_FAMILIES[family], axis, mode, default_hw)
 
 
-# 1x1 conv, 64 -> 64 channels on 32x32: every tile count below divides MACs and elements evenly
+# 1x1 conv, 64 -> 64 channels on 32x32: every tile count below divides MACs and elements evenly,
+# and up to four ALU ops the add stays no longer than the conv
 SEED_LAW = Workload(1, 64, 32, 32, 64, 1, 1)
+SEED_LAW_EPILOGUES = {
+    "residual": (RESIDUAL,),
+    "bare_conv": (),
+    "bias_residual_relu": standard_epilogue(bias=True, relu=True),
+    "scale_bias_residual_relu": (SCALE, BIAS, RESIDUAL, RELU),
+}
+# (n_tiles, channel_tiles, order): 1-D tilings along the height and 2-D grids in both orders
+SEED_LAW_TILINGS = [
+    (1, 1, "spatial_outer"),
+    (2, 1, "spatial_outer"),
+    (4, 1, "spatial_outer"),
+    (8, 1, "spatial_outer"),
+    (16, 1, "spatial_outer"),
+    (2, 2, "spatial_outer"),
+    (4, 2, "channel_outer"),
+    (4, 4, "spatial_outer"),
+]
+
+
+@pytest.fixture(params=SEED_LAW_EPILOGUES.values(), ids=SEED_LAW_EPILOGUES.keys())
+def seed_law(request) -> Workload:
+    return replace(SEED_LAW, epilogue=request.param)
 
 
 def whole_layer_cycles(workload: Workload, hardware) -> tuple[int, int]:
-    """A and B: the conv and the add of the whole layer, each as one instruction."""
+    """A and B: the conv and the epilogue of the whole layer, each as one instruction (B is one
+    lane pass per op, at least one: a bare conv still moves acc to out)."""
     elements = workload.batch * workload.out_channels * workload.out_height * workload.out_width
-    return hardware.conv_cycles(*workload.gemm), hardware.add_cycles(elements)
+    ops = [op.op for op in workload.epilogue]
+    add = hardware.add_cycles(elements, ops)
+    assert add == max(1, len(ops)) * elements // hardware.add_lanes  # ideal: 1 cycle an op
+    return hardware.conv_cycles(*workload.gemm), add
 
 
 @pytest.mark.parametrize("mode", ["software", "vthread"])
-@pytest.mark.parametrize("n_tiles", [1, 2, 4, 8, 16])
-def test_ideal_pipeline_takes_a_plus_b_over_n(n_tiles, mode, ideal_hw):
-    conv, add = whole_layer_cycles(SEED_LAW, ideal_hw)
-    assert conv % n_tiles == 0 and add % n_tiles == 0 and add <= conv
-    program = lower_to_program(SEED_LAW, TileConfig(n_tiles, "height", mode), ideal_hw)
-    assert simulate(program, ideal_hw, functional=False).total_cycles == conv + add // n_tiles
+@pytest.mark.parametrize(("n_tiles", "channel_tiles", "order"), SEED_LAW_TILINGS)
+def test_ideal_pipeline_takes_a_plus_b_over_n(
+    seed_law, n_tiles, channel_tiles, order, mode, ideal_hw
+):
+    conv, add = whole_layer_cycles(seed_law, ideal_hw)
+    tiles = n_tiles * channel_tiles
+    assert conv % tiles == 0 and add % tiles == 0 and add <= conv
+    config = TileConfig(n_tiles, "height", mode, channel_tiles=channel_tiles, order=order)
+    program = lower_to_program(seed_law, config, ideal_hw)
+    assert simulate(program, ideal_hw, functional=False).total_cycles == conv + add // tiles
 
 
-@pytest.mark.parametrize("n_tiles", [1, 2, 4, 8, 16])
-def test_ideal_serial_takes_a_plus_b(n_tiles, ideal_hw):
-    conv, add = whole_layer_cycles(SEED_LAW, ideal_hw)
-    program = lower_to_program(SEED_LAW, TileConfig(n_tiles, "height", "none"), ideal_hw)
+@pytest.mark.parametrize(("n_tiles", "channel_tiles", "order"), SEED_LAW_TILINGS)
+def test_ideal_serial_takes_a_plus_b(seed_law, n_tiles, channel_tiles, order, ideal_hw):
+    conv, add = whole_layer_cycles(seed_law, ideal_hw)
+    config = TileConfig(n_tiles, "height", "none", channel_tiles=channel_tiles, order=order)
+    program = lower_to_program(seed_law, config, ideal_hw)
     assert simulate(program, ideal_hw, functional=False).total_cycles == conv + add
 
 
@@ -117,8 +171,6 @@ def test_more_tiles_help_until_overheads_win(default_hw):
 
 
 def _edit(program: Program, unit: str, index: int, **changes) -> Program:
-    from dataclasses import replace
-
     stream = list(program.streams[unit])
     stream[index] = replace(stream[index], **changes)
     return replace(program, streams={**program.streams, unit: tuple(stream)})
@@ -133,8 +185,6 @@ def test_hand_edited_missing_signal_deadlocks(default_hw):
 
 
 def test_hand_edited_swapped_slot_is_a_hazard(default_hw):
-    from dataclasses import replace
-
     program = lower_to_program(SEED_LAW, TileConfig(4, "height", "software"), default_hw)
     add = program.streams["add"][1]
     swapped = replace(add.acc, slot=1 - add.acc.slot)
@@ -144,5 +194,7 @@ def test_hand_edited_swapped_slot_is_a_hazard(default_hw):
 
 def test_tile_too_large_names_the_smallest_tile_count(default_hw):
     workload = Workload(1, 256, 56, 56, 256, 1, 1, epilogue=standard_epilogue(bias=True))
-    with pytest.raises(BufferOverflowError, match=r"use at least \d+ tiles along height"):
-        lower_to_program(workload, TileConfig(1, "height", "software"), default_hw)
+    config = TileConfig(1, "height", "software")
+    with pytest.raises(BufferOverflowError, match=r"use at least \d+ tiles along height") as err:
+        lower_to_program(workload, config, default_hw)
+    check_overflow(Case(workload, config, default_hw), err.value)  # the smallest count that fits

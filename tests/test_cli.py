@@ -46,7 +46,7 @@ def test_run_small_network_with_check_and_artefacts(tmp_path, capsys):
     )
     out = capsys.readouterr().out
     assert code == 0
-    assert "total (8 layers)" in out and "(ok)" in out
+    assert "total (21 layers)" in out and "(ok)" in out  # 20 convs and the classifier
     assert json.loads(trace.read_text())["traceEvents"]
     assert gantt.read_bytes()[:4] == b"\x89PNG"
     assert "A+B/N" in report.read_text()
@@ -65,7 +65,7 @@ def test_explain_and_targets(capsys):
     assert main(["targets"]) == 0
     assert "convadd-sim-ideal" in capsys.readouterr().out
     assert main(["explain", "resnet18", "--image-size", "32", "--width", "0.125"]) == 0
-    assert "8 of" in capsys.readouterr().out
+    assert "21 of 21 conv2d fused" in capsys.readouterr().out  # the classifier as a 1x1 conv
 
 
 # -- bad input: one line naming the problem and the fix, exit code 2, nothing run ------------
@@ -215,7 +215,7 @@ def test_onnx_dynamic_batch_needs_input_shape(tmp_path, capsys):
             "shape_dict={'x': [...]}))"
         )
     assert main(["explain", model, "--input-shape", "x:1x4x8x8"]) == 0
-    assert "1 of 2 conv2d fused" in capsys.readouterr().out
+    assert "2 of 2 conv2d fused" in capsys.readouterr().out  # conv + relu, conv + residual
     assert main(["run", model, "--input-shape", "x:2x4x8x8", "--check"]) == 0
     out = capsys.readouterr().out
     assert "output shape (2, 4, 8, 8)" in out and "(ok)" in out

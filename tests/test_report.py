@@ -1,13 +1,15 @@
 """report.py's figures on SimResults written by hand: every expected number is worked out here.
 
 A layer's A and B are the Conv and Add units' busy cycles, A + B the unfused cost, A + B/N the
-law for N tiles, fused the simulated total, saved = A + B - fused, overlapped the Add cycles
-during which the Conv unit was busy too and hidden = overlapped / B.
+law for N tiles, fused the simulated total, saved = A + B - fused, the bound the busiest unit's
+busy cycles (DMA included), overlapped the Add cycles during which the Conv unit was busy too
+and hidden = overlapped / B.
 """
 
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import replace
 
 import pytest
 
@@ -51,19 +53,18 @@ def sim(*spans: tuple[str, int, int], total: int | None = None) -> SimResult:
 def run(
     result: SimResult,
     n_tiles: int = 2,
-    serial: int = 0,
     symbol: str = "fused_conv2d_add_convadd",
     workload: Workload = WORKLOAD,
     source: str = "heuristic",
+    config: TileConfig | None = None,
 ) -> LayerRun:
     layer = OffloadedLayer(
         symbol=symbol,
         workload=workload,
         roles=("data", "weight", "bias", "residual"),
-        config=TileConfig(n_tiles, "height", "software"),
+        config=config or TileConfig(n_tiles, "height", "software"),
         config_source=source,
         program=Program(streams={}, buffers={}, tensors={}),
-        serial_cycles=serial,
         hardware=load_config("default"),
     )
     return LayerRun(layer, result)
@@ -79,14 +80,15 @@ def figures(report) -> dict:
         "saved": report.saved_cycles,
         "overlapped": report.add_overlapped,
         "hidden": report.add_hidden,
-        "serial": report.serial_cycles,
+        "bound": report.bound_cycles,
+        "unit": report.bound_unit,
     }
 
 
 def test_the_issue_example():
     """Conv [0,10) [10,20), Add [10,14) [20,24): the first add runs under the second conv."""
     result = sim(("conv", 0, 10), ("conv", 10, 20), ("add", 10, 14), ("add", 20, 24))
-    report = layer_report(run(result, n_tiles=2, serial=28))
+    report = layer_report(run(result, n_tiles=2))
     # A = 10 + 10, B = 4 + 4, overlap = |[10,14) & [10,20)| + |[20,24) & conv| = 4 + 0
     assert figures(report) == {
         "A": 20,
@@ -97,7 +99,8 @@ def test_the_issue_example():
         "saved": 4,  # 28 - 24
         "overlapped": 4,
         "hidden": 0.5,  # 4 / 8
-        "serial": 28,
+        "bound": 20,  # the conv's busy cycles: no DMA here
+        "unit": "conv",
     }
     assert report.tiles == 2
     assert report.symbol == "fused_conv2d_add_convadd"
@@ -117,7 +120,7 @@ def test_dma_counts_in_fused_cycles_only():
         ("store", 17, 19),
         ("store", 27, 30),
     )
-    report = layer_report(run(result, serial=40))
+    report = layer_report(run(result))
     # A = 20, B = 8, overlap: add [13,17) under conv [13,23) = 4; add [23,27) = 0
     assert figures(report) == {
         "A": 20,
@@ -128,7 +131,37 @@ def test_dma_counts_in_fused_cycles_only():
         "saved": -2,  # 28 - 30: the DMA costs more than the pipeline saves
         "overlapped": 4,
         "hidden": 0.5,
-        "serial": 40,
+        "bound": 20,  # load 3 + 7 = 10 and store 2 + 3 = 5 cycles: the conv is still busiest
+        "unit": "conv",
+    }
+
+
+def test_the_bound_is_the_busiest_unit_dma_included():
+    """A layer whose loads take longer than its convs: the bound is the load unit's busy
+    cycles, and fused against it says how close the schedule came."""
+    result = sim(
+        ("load", 0, 12),
+        ("conv", 12, 20),
+        ("load", 12, 24),
+        ("add", 20, 23),
+        ("conv", 24, 32),
+        ("add", 32, 35),
+        ("store", 35, 37),
+    )
+    report = layer_report(run(result))
+    # load 12 + 12 = 24 > conv 8 + 8 = 16 > add 3 + 3 = 6 > store 2
+    assert report.busy == {"load": 24, "conv": 16, "add": 6, "store": 2}
+    assert figures(report) == {
+        "A": 16,
+        "B": 6,
+        "A+B": 22,
+        "law": 19.0,  # 16 + 6 / 2
+        "fused": 37,
+        "saved": -15,  # 22 - 37
+        "overlapped": 0,  # add [20,23) falls between conv [12,20) and [24,32)
+        "hidden": 0.0,
+        "bound": 24,
+        "unit": "load",
     }
 
 
@@ -145,7 +178,8 @@ def test_no_overlap():
         "saved": 0,
         "overlapped": 0,  # add [10,15) ends where conv [15,25) starts 0 cycles later
         "hidden": 0.0,
-        "serial": 0,
+        "bound": 20,
+        "unit": "conv",
     }
 
 
@@ -169,7 +203,8 @@ def test_full_overlap():
         "saved": 8,
         "overlapped": 8,  # 4 + 4
         "hidden": 1.0,
-        "serial": 0,
+        "bound": 20,  # fused meets the bound
+        "unit": "conv",
     }
 
 
@@ -192,7 +227,7 @@ def test_zero_add_cycles():
         sim(("conv", 0, 10), ("conv", 10, 16)),
         sim(("conv", 0, 10), ("add", 5, 5), ("conv", 10, 16)),
     ):
-        report = layer_report(run(result, n_tiles=2, serial=16))
+        report = layer_report(run(result, n_tiles=2))
         assert figures(report) == {
             "A": 16,
             "B": 0,
@@ -202,7 +237,8 @@ def test_zero_add_cycles():
             "saved": 0,
             "overlapped": 0,
             "hidden": 0.0,
-            "serial": 16,
+            "bound": 16,
+            "unit": "conv",
         }
 
 
@@ -216,14 +252,29 @@ def test_the_law_divides_by_the_tiles_that_hold_output():
     assert report.config == "N=3 height software"
 
 
+def test_the_law_divides_by_the_grid_tiles_that_hold_output():
+    """A 3 x 3 grid on a 4-row, 8-channel output: 2 row tiles (2 rows each) by 3 channel tiles
+    (3, 3 and 2 channels) hold output, so N = 6."""
+    small = Workload(1, 8, 4, 4, 8, 3, 3, padding=(1, 1, 1, 1))
+    config = TileConfig(3, "height", "software", channel_tiles=3)
+    result = sim(("conv", 0, 10), ("conv", 10, 20), ("add", 10, 16), ("add", 20, 26))
+    report = layer_report(run(result, workload=small, config=config))
+    assert report.tiles == 6
+    assert report.law_cycles == 22.0  # 20 + 12 / 6
+    assert report.config == "N=3 height x 3ch spatial_outer software"
+    channel_outer = replace(config, order="channel_outer", pipeline="vthread")
+    label = layer_report(run(result, workload=small, config=channel_outer)).config
+    assert label == "N=3 height x 3ch channel_outer vthread"
+
+
 def three_layers() -> list[LayerRun]:
     return [
-        # A 20, B 8, overlapped 4, fused 24, serial 30
-        run(sim(("conv", 0, 10), ("conv", 10, 20), ("add", 10, 14), ("add", 20, 24)), 2, 30),
-        # A 30, B 2, overlapped 0, fused 32, serial 32, N = 1
-        run(sim(("conv", 0, 30), ("add", 30, 32)), 1, 32, symbol="second"),
-        # A 16, B 0, fused 16, serial 16
-        run(sim(("conv", 0, 16)), 4, 16, symbol="third"),
+        # A 20, B 8, overlapped 4, fused 24, bound 20 (conv)
+        run(sim(("conv", 0, 10), ("conv", 10, 20), ("add", 10, 14), ("add", 20, 24)), 2),
+        # A 30, B 2, overlapped 0, fused 32, bound 30 (conv), N = 1
+        run(sim(("conv", 0, 30), ("add", 30, 32)), 1, symbol="second"),
+        # A 16, B 0, load 20, fused 20, bound 20 (load)
+        run(sim(("load", 0, 20), ("conv", 4, 20)), 4, symbol="third"),
     ]
 
 
@@ -237,11 +288,15 @@ def test_network_totals():
     assert report.total("conv_cycles") == 66  # 20 + 30 + 16
     assert report.total("add_cycles") == 10  # 8 + 2 + 0
     assert report.unfused_cycles == 76  # 28 + 32 + 16
-    assert report.fused_cycles == 72  # 24 + 32 + 16
-    assert report.serial_cycles == 78  # 30 + 32 + 16
-    assert report.total("saved_cycles") == 4  # 4 + 0 + 0
+    assert report.fused_cycles == 76  # 24 + 32 + 20
+    assert report.total("saved_cycles") == 0  # 4 + 0 - 4
     assert report.total("add_overlapped") == 4
     assert sum(layer.law_cycles for layer in report.layers) == 72.0  # 24 + 32 + 16
+    # the network bound sums each unit over the layers, then takes the busiest: conv's 66,
+    # not the sum of the layers' own bounds 20 + 30 + 20 = 70
+    assert report.busy == {"load": 20, "conv": 66, "add": 10, "store": 0}
+    assert report.bound_cycles == 66
+    assert report.total("bound_cycles") == 70
     # weighted by each layer's add: 4 / 10, not the mean of 50 %, 0 % and 0 %
     assert report.add_hidden == pytest.approx(0.4)
 
@@ -251,18 +306,21 @@ def test_network_table_shows_the_hand_computed_figures():
     lines = table.splitlines()
     assert lines[0].split()[:2] == ["#", "layer"]
     rows = [line.split() for line in lines[2:5]]
-    # A, B, A+B, A+B/N, fused, saved, hidden, serial: the last eight columns
-    assert [row[-8:] for row in rows] == [
-        ["20", "8", "28", "24", "24", "4", "50%", "30"],
-        ["30", "2", "32", "32", "32", "0", "0%", "32"],
-        ["16", "0", "16", "16", "16", "0", "0%", "16"],
+    # A, B, A+B, A+B/N, fused, bound, its unit, fused / bound, hidden: the last nine columns
+    assert [row[-9:] for row in rows] == [
+        ["20", "8", "28", "24", "24", "20", "conv", "1.200", "50%"],
+        ["30", "2", "32", "32", "32", "30", "conv", "1.067", "0%"],
+        ["16", "0", "16", "16", "20", "20", "load", "1.000", "0%"],
     ]
     assert [row[0] for row in rows] == ["0", "1", "2"]
-    assert rows[0][-11:-8] == ["height", "software", "heuristic"]
+    assert rows[0][-12:-9] == ["height", "software", "heuristic"]
     assert lines[6].split()[:3] == ["total", "(3", "layers)"]
-    assert lines[6].split()[-8:] == ["66", "10", "76", "72", "72", "4", "40%", "78"]
-    # 76 / 72 = 1.0556 over A + B, 78 / 72 = 1.0833 over the same tiles serial
-    assert lines[7].startswith("speed-up of fused + pipelined: 1.056x over A + B, 1.083x over")
+    assert lines[6].split()[-9:] == ["66", "10", "76", "72", "76", "66", "conv", "1.152", "40%"]
+    # 76 / 66 = 1.1515 of the bound, 76 / 76 of A + B
+    assert lines[7] == (
+        "fused: 1.152x the network bound (busiest unit: conv), 1.000x the bare A + B "
+        "(conv then epilogue, DMA free)"
+    )
     assert len(lines) == 8
 
 
@@ -287,27 +345,38 @@ def test_an_empty_network():
     report = network_report(RunRecorder())
     assert report.layers == ()
     assert (report.fused_cycles, report.unfused_cycles, report.add_hidden) == (0, 0, 0.0)
-    assert report.table() == "nothing to offload: no conv2d + add the accelerator can take"
+    assert report.bound_cycles == 0
+    assert report.table() == "nothing to offload: no conv2d the accelerator can take"
 
 
-@pytest.mark.parametrize("n_tiles", [2, 4])
-def test_a_simulated_layer_on_the_ideal_machine_meets_the_law(n_tiles):
+@pytest.mark.parametrize(
+    "config",
+    [
+        TileConfig(2, "height", "software"),
+        TileConfig(4, "height", "software"),
+        TileConfig(2, "height", "vthread", channel_tiles=2, order="channel_outer"),
+    ],
+    ids=str,
+)
+def test_a_simulated_layer_on_the_ideal_machine_meets_the_law(config):
     """End to end on the simulator: where the law is exact the report's figures agree.
 
-    On the ideal config each tile's conv takes A/N and its add B/N, and with B <= A every add
-    but the last runs under the next tile's conv: overlapped = (N - 1) B / N.
+    On the ideal config each of the N tiles' convs takes A/N and its add B/N, and with B <= A
+    every add but the last runs under the next tile's conv: overlapped = (N - 1) B / N. DMA
+    is free, so the bound is the conv's A.
     """
     hardware = load_config("ideal")
     workload = Workload(1, 64, 32, 32, 64, 1, 1)
-    config = TileConfig(n_tiles, "height", "software")
     result = simulate(lower_to_program(workload, config, hardware), hardware, functional=False)
     layer = OffloadedLayer(
         "ideal", workload, ("data", "weight", "residual"), config, "user",
-        Program(streams={}, buffers={}, tensors={}), 0, hardware,
+        Program(streams={}, buffers={}, tensors={}), hardware,
     )  # fmt: skip
     report = layer_report(LayerRun(layer, result))
-    a, b = report.conv_cycles, report.add_cycles
+    a, b, n_tiles = report.conv_cycles, report.add_cycles, config.total_tiles
+    assert report.tiles == n_tiles
     assert b <= a and b % n_tiles == 0
     assert report.fused_cycles == report.law_cycles == a + b // n_tiles
     assert report.add_overlapped == (n_tiles - 1) * b // n_tiles
     assert report.saved_cycles == b - b // n_tiles
+    assert (report.bound_cycles, report.bound_unit) == (a, "conv")

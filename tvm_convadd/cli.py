@@ -422,7 +422,10 @@ def cmd_demo(args) -> int:
 
 
 def _model_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model", help="resnet50, resnet18, mobilenet_v2, or an .onnx file path")
+    parser.add_argument(
+        "model",
+        help="resnet50, resnet18, mobilenet_v2, efficientnet_b0, regnetx_400mf, or an .onnx file",
+    )
     parser.add_argument(
         "--image-size", type=int, help="input height and width of a built-in network (224)"
     )

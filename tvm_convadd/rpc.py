@@ -26,11 +26,18 @@ import struct
 import sys
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, InvalidStateError
 from dataclasses import asdict, dataclass
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
 from tvm_convadd.errors import RpcError
+
+if TYPE_CHECKING:
+    from tvm_convadd.schedules.tile_config import TileConfig
+    from tvm_convadd.schedules.workload import Workload
+    from tvm_convadd.target.hardware import HardwareConfig
 
 MEASURE_FUNC = "tvm_convadd.measure_job"
 DEFAULT_KEY = "convadd-sim"
@@ -71,7 +78,7 @@ class RemoteRunner:
 # -- the job: what a server computes ----------------------------------------------------------
 
 
-def job_text(workload, config, hardware) -> str:
+def job_text(workload: Workload, config: TileConfig, hardware: HardwareConfig) -> str:
     """The measurement job of one config, as the server reads it."""
     return json.dumps(
         {"workload": workload.to_dict(), "config": config.to_dict(), "hardware": hardware.to_dict()}
@@ -126,7 +133,7 @@ def cycles_of(result: dict) -> int:
     return int(result["cycles"])
 
 
-def chained(future: Future, convert) -> Future:
+def chained(future: Future, convert: Callable[[object], object]) -> Future:
     """A Future of `convert(future.result())`, settled when `future` is."""
     converted: Future = Future()
 
