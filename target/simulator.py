@@ -74,6 +74,13 @@ class SimResult:
     outputs: dict[str, np.ndarray] | None
     hardware: str
     leftover_tokens: dict[str, int]
+    dram_busy_cycles: int = 0  # cycles the shared DRAM channel spent transferring
+
+    @property
+    def bound_cycles(self) -> int:
+        """No schedule of these instructions beats this: the busiest unit's (or the shared DRAM
+        channel's) busy cycles."""
+        return max([self.dram_busy_cycles, *(s.busy_cycles for s in self.units.values())])
 
     def summary(self) -> str:
         lines = [f"{self.total_cycles} cycles on {self.hardware}"]
@@ -90,15 +97,20 @@ def simulate(
     hardware: HardwareConfig,
     tensors: dict[str, np.ndarray] | None = None,
     functional: bool = True,
+    check_buffers: bool = True,
 ) -> SimResult:
     """Run `program` on `hardware`; functional mode also computes every DRAM tensor with numpy.
 
     In functional mode `tensors` must give every tensor a LOAD reads, each in the program's
     shape; tensors only STOREd to (the outputs) may be left out and start as zeros. Names the
     program does not declare are refused. Timing-only mode ignores `tensors`.
+    `check_buffers=False` skips the capacity check, for a caller that proves capacity itself
+    (a network timeline whose layers' buffers are live at different times).
     Raises BufferOverflowError (before running), DeadlockError, HazardError, ProgramError.
     """
-    check_capacity(program, hardware)
+    check_dtype(program, hardware)
+    if check_buffers:
+        check_capacity(program, hardware)
     collecting = gc.isenabled()
     gc.disable()  # the run allocates many small acyclic tuples: collection passes only cost time
     try:
@@ -221,13 +233,18 @@ def overflowing(program: Program, hardware: HardwareConfig) -> dict[str, tuple[i
     return over
 
 
-def check_capacity(program: Program, hardware: HardwareConfig) -> None:
-    """Raise BufferOverflowError if some buffer's slots do not fit the hardware's capacity."""
+def check_dtype(program: Program, hardware: HardwareConfig) -> None:
+    """Raise ProgramError if the program computes in another dtype than the hardware."""
     if program.dtype != hardware.dtype:
         raise ProgramError(
             f"program computes in {program.dtype}, {hardware.name} in {hardware.dtype}: "
             f"lower for a {program.dtype} target or pick a {program.dtype} configuration"
         )
+
+
+def check_capacity(program: Program, hardware: HardwareConfig) -> None:
+    """Raise BufferOverflowError if some buffer's slots do not fit the hardware's capacity."""
+    check_dtype(program, hardware)
     over = overflowing(program, hardware)
     if over:
         label, (need, available) = next(iter(over.items()))
