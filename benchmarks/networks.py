@@ -1,28 +1,37 @@
-"""Whole networks on the simulated accelerator at 224x224: what is offloaded, and its cycles.
+"""Whole networks on the simulated accelerator: fused against the unfused baseline and the bound.
 
-For each network under the default config: the share of conv MACs the accelerator runs (and
-each conv left on the CPU, with its reason), the ops left on the CPU, every offloaded layer
-with its tile config, the Conv and Add units' busy cycles (A, B), A + B (conv then epilogue,
-DMA free), the pipelined run, the machine's bound (the busiest unit's busy cycles, DMA
-included) and fused/bound; then the network totals, the wall time of compile + simulate, and
-the output checked against the pure-llvm build.
+For each network and image size under the default config: the share of conv MACs the
+accelerator runs, the ops left on the CPU, and the network's cycles three ways:
 
-    python benchmarks/networks.py [--networks resnet50 ...] [--image-size 224]
+- fused: every conv with its epilogue chain as one pipelined kernel (this project);
+- unfused: what a compiler without it runs (`tvm_convadd.unfused`): each conv its own kernel,
+  then the epilogue chain as one elementwise kernel (TVM's FuseOps), each DMA-pipelined;
+  per-op: one elementwise kernel per epilogue op;
+- the bound: the busiest resource (a unit or the DRAM channel), summed over the layers;
+
+with the count of layers where fused beats unfused, and the ideal-machine law's A + B (DMA
+free) for reference. `--layers` prints every layer's row; `--check` also runs the numbers
+(functional simulation) and compares the output with the pure-llvm build.
+
+    python benchmarks/networks.py [--networks resnet50 ...] [--image-sizes 224 64] [--layers]
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from collections import Counter
 
 import numpy as np
 import tvm
+from tqdm import tqdm
 from tvm import relax
 
 from tvm_convadd import build, build_reference, network_report
 from tvm_convadd.networks import get_network
 from tvm_convadd.partition import PartitionConvAdd, offload_summary, prepare
+from tvm_convadd.unfused import unfused_baseline
 
 NETWORKS = ["resnet50", "resnet18", "mobilenet_v2", "efficientnet_b0", "regnetx_400mf"]
 
@@ -42,7 +51,8 @@ def cpu_ops(partitioned: tvm.IRModule) -> Counter:
     return ops
 
 
-def measure(name: str, image_size: int, target: str) -> dict:
+def measure(name: str, image_size: int, target: str, check: bool) -> dict:
+    """Build and run one network, then its unfused baseline (one per distinct layer)."""
     mod, params = get_network(name, image_size=image_size)
     prepared = prepare(mod, params)
     summary = offload_summary(prepared)
@@ -50,53 +60,83 @@ def measure(name: str, image_size: int, target: str) -> dict:
     image = np.random.default_rng(0).standard_normal((1, 3, image_size, image_size))
     image = image.astype("float32")
     started = time.perf_counter()
-    net = build(mod, target, params)
-    compile_seconds = time.perf_counter() - started
-    started = time.perf_counter()
+    net = build(mod, target, params, functional=check)
     out = net.run(image)
-    run_seconds = time.perf_counter() - started
-    reference = build_reference(mod, params)(image)
-    error = float(np.abs(out - reference).max() / (np.abs(reference).max() or 1.0))
+    compile_run = time.perf_counter() - started
+    started = time.perf_counter()
+    distinct = dict.fromkeys((r.layer.workload, r.layer.hardware) for r in net.session.runs)
+    for workload, hardware in tqdm(
+        distinct, desc=f"  {name} unfused", leave=False, file=sys.stderr
+    ):
+        unfused_baseline(workload, hardware)
+    report = network_report(net.session, baseline=True)
+    baseline_seconds = time.perf_counter() - started
+    error = None
+    if check:
+        reference = build_reference(mod, params)(image)
+        error = float(np.abs(out - reference).max() / (np.abs(reference).max() or 1.0))
     return dict(
         name=name,
-        report=network_report(net.session),
+        report=report,
         summary=summary,
         cpu_ops=left,
-        compile=compile_seconds,
-        run=run_seconds,
+        compile_run=compile_run,
+        baseline=baseline_seconds,
         error=error,
     )
+
+
+def summary_table(results: list[dict]) -> str:
+    header = (
+        f"{'network':<16} {'convs':>9} {'fused':>10} {'unfused':>10} {'per-op':>10} "
+        f"{'bound':>10} {'unit':<5} {'f/bound':>7} {'f/unf':>6} {'f/per-op':>8} {'wins':>7} "
+        f"{'A+B ideal':>10} {'f/(A+B)':>7} {'build+run s':>11} {'unfused s':>9} {'rel. err':>8}"
+    )
+    lines = [header, "-" * len(header)]
+    for r in results:
+        rep, summary = r["report"], r["summary"]
+        fused = rep.fused_cycles
+        error = "-" if r["error"] is None else f"{r['error']:.1e}"
+        lines.append(
+            f"{r['name']:<16} {summary.offloaded:>4}/{summary.convs:<4} {fused:>10} "
+            f"{rep.unfused_cycles:>10} {rep.unfused_per_op_cycles:>10} {rep.bound_cycles:>10} "
+            f"{rep.bound_unit:<5} {fused / rep.bound_cycles:>7.3f} "
+            f"{fused / rep.unfused_cycles:>6.3f} {fused / rep.unfused_per_op_cycles:>8.3f} "
+            f"{rep.fused_wins:>3}/{len(rep.layers):<3} {rep.ideal_serial_cycles:>10} "
+            f"{fused / rep.ideal_serial_cycles:>7.3f} {r['compile_run']:>11.1f} "
+            f"{r['baseline']:>9.1f} {error:>8}"
+        )
+    return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--networks", nargs="+", default=NETWORKS)
-    parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--image-sizes", nargs="+", type=int, default=[224, 64])
     parser.add_argument("--target", default="convadd-sim")
+    parser.add_argument("--layers", action="store_true", help="print every layer's row")
+    parser.add_argument("--check", action="store_true", help="compare with the llvm build")
     args = parser.parse_args()
-    results = []
-    for name in args.networks:
-        result = measure(name, args.image_size, args.target)
-        results.append(result)
-        print(f"\n=== {name} @ {args.image_size}x{args.image_size} on {args.target} ===")
-        print(result["summary"])
-        ops = ", ".join(f"{op} x{n}" for op, n in sorted(result["cpu_ops"].items()))
-        print(f"left on the CPU: {ops or 'nothing'}")
-        print(result["report"].table())
+    jobs = [(size, name) for size in args.image_sizes for name in args.networks]
+    results: dict[int, list[dict]] = {size: [] for size in args.image_sizes}
+    for size, name in tqdm(jobs, desc="networks", file=sys.stderr):
+        result = measure(name, size, args.target, args.check)
+        results[size].append(result)
+        if args.layers:
+            tqdm.write(f"\n=== {name} @ {size}x{size} on {args.target} ===")
+            tqdm.write(str(result["summary"]))
+            ops = ", ".join(f"{op} x{n}" for op, n in sorted(result["cpu_ops"].items()))
+            tqdm.write(f"left on the CPU: {ops or 'nothing'}")
+            tqdm.write(result["report"].table())
+    for size, sized in results.items():
+        print(f"\n=== {size}x{size} on {args.target} ===")
+        print(summary_table(sized))
     print(
-        f"\n{'network':<16} {'convs':>9} {'MACs off':>8} {'A+B':>10} {'fused':>10} "
-        f"{'bound':>10} {'f/bound':>7} {'f/(A+B)':>7} {'hidden':>6} {'compile s':>9} "
-        f"{'run s':>6} {'rel. err':>8}"
+        "\nunfused: each conv its own kernel, then its epilogue chain as one elementwise "
+        "kernel; per-op: one elementwise kernel per op; wins: layers where fused < unfused; "
+        "bound: the busiest unit or the DRAM channel over the network; A+B ideal: the "
+        "ideal-machine law (conv then epilogue, DMA free)"
     )
-    for r in results:
-        rep, summary = r["report"], r["summary"]
-        print(
-            f"{r['name']:<16} {summary.offloaded:>4}/{summary.convs:<4} {summary.share:>8.1%} "
-            f"{rep.unfused_cycles:>10} {rep.fused_cycles:>10} {rep.bound_cycles:>10} "
-            f"{rep.fused_cycles / rep.bound_cycles:>7.3f} "
-            f"{rep.fused_cycles / rep.unfused_cycles:>7.3f} {rep.add_hidden:>6.0%} "
-            f"{r['compile']:>9.1f} {r['run']:>6.2f} {r['error']:>8.1e}"
-        )
 
 
 if __name__ == "__main__":

@@ -1,9 +1,10 @@
 """report.py's figures on SimResults written by hand: every expected number is worked out here.
 
-A layer's A and B are the Conv and Add units' busy cycles, A + B the unfused cost, A + B/N the
-law for N tiles, fused the simulated total, saved = A + B - fused, the bound the busiest unit's
-busy cycles (DMA included), overlapped the Add cycles during which the Conv unit was busy too
-and hidden = overlapped / B.
+A layer's A and B are the Conv and Add units' busy cycles, A + B the ideal machine's
+conv-then-epilogue (DMA free), A + B/N the law for N tiles, fused the simulated total, the
+bound the busiest resource's busy cycles (each unit, DMA included, and the DRAM channel),
+overlapped the Add cycles during which the Conv unit was busy too and hidden = overlapped / B.
+Unfused is the baseline's conv kernel plus its elementwise kernel(s), per-op one per op.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from tvm_convadd.target.hardware import load_config
 from tvm_convadd.target.isa import UNITS, Program
 from tvm_convadd.target.lower import lower_to_program
 from tvm_convadd.target.simulator import Event, SimResult, UnitStats, simulate
+from tvm_convadd.unfused import KernelRun, UnfusedBaseline, unfused_baseline
 
 # 8x8 output: 2 tiles along the height hold 4 rows each
 WORKLOAD = Workload(
@@ -34,9 +36,10 @@ WORKLOAD = Workload(
 )
 
 
-def sim(*spans: tuple[str, int, int], total: int | None = None) -> SimResult:
+def sim(*spans: tuple[str, int, int], total: int | None = None, dram: int = 0) -> SimResult:
     """A SimResult with one event per (unit, start, end); each unit's busy cycles are the sum of
-    its events' lengths (what the simulator counts), the total the last end unless given."""
+    its events' lengths (what the simulator counts), the total the last end unless given, and
+    `dram` the DRAM channel's busy cycles."""
     events, busy = [], Counter()
     for unit, start, end in spans:
         index = sum(event.unit == unit for event in events)
@@ -47,7 +50,7 @@ def sim(*spans: tuple[str, int, int], total: int | None = None) -> SimResult:
         unit: UnitStats(busy[unit], sum(e.unit == unit for e in events), busy[unit] / total)
         for unit in UNITS
     }
-    return SimResult(total, units, tuple(events), None, "by hand", {})
+    return SimResult(total, units, tuple(events), None, "by hand", {}, dram)
 
 
 def run(
@@ -70,14 +73,18 @@ def run(
     return LayerRun(layer, result)
 
 
+def busy(report) -> dict:
+    """The resources that did anything (units and the DRAM channel that stayed idle left out)."""
+    return {name: cycles for name, cycles in report.busy.items() if cycles}
+
+
 def figures(report) -> dict:
     return {
         "A": report.conv_cycles,
         "B": report.add_cycles,
-        "A+B": report.unfused_cycles,
+        "A+B": report.ideal_serial_cycles,
         "law": report.law_cycles,
         "fused": report.fused_cycles,
-        "saved": report.saved_cycles,
         "overlapped": report.add_overlapped,
         "hidden": report.add_hidden,
         "bound": report.bound_cycles,
@@ -96,7 +103,6 @@ def test_the_issue_example():
         "A+B": 28,
         "law": 24.0,  # 20 + 8 / 2
         "fused": 24,
-        "saved": 4,  # 28 - 24
         "overlapped": 4,
         "hidden": 0.5,  # 4 / 8
         "bound": 20,  # the conv's busy cycles: no DMA here
@@ -128,7 +134,6 @@ def test_dma_counts_in_fused_cycles_only():
         "A+B": 28,
         "law": 24.0,
         "fused": 30,
-        "saved": -2,  # 28 - 30: the DMA costs more than the pipeline saves
         "overlapped": 4,
         "hidden": 0.5,
         "bound": 20,  # load 3 + 7 = 10 and store 2 + 3 = 5 cycles: the conv is still busiest
@@ -150,14 +155,13 @@ def test_the_bound_is_the_busiest_unit_dma_included():
     )
     report = layer_report(run(result))
     # load 12 + 12 = 24 > conv 8 + 8 = 16 > add 3 + 3 = 6 > store 2
-    assert report.busy == {"load": 24, "conv": 16, "add": 6, "store": 2}
+    assert busy(report) == {"load": 24, "conv": 16, "add": 6, "store": 2}
     assert figures(report) == {
         "A": 16,
         "B": 6,
         "A+B": 22,
         "law": 19.0,  # 16 + 6 / 2
         "fused": 37,
-        "saved": -15,  # 22 - 37
         "overlapped": 0,  # add [20,23) falls between conv [12,20) and [24,32)
         "hidden": 0.0,
         "bound": 24,
@@ -175,7 +179,6 @@ def test_no_overlap():
         "A+B": 30,
         "law": 25.0,  # 20 + 10 / 2
         "fused": 30,
-        "saved": 0,
         "overlapped": 0,  # add [10,15) ends where conv [15,25) starts 0 cycles later
         "hidden": 0.0,
         "bound": 20,
@@ -200,7 +203,6 @@ def test_full_overlap():
         "A+B": 28,
         "law": 24.0,
         "fused": 20,
-        "saved": 8,
         "overlapped": 8,  # 4 + 4
         "hidden": 1.0,
         "bound": 20,  # fused meets the bound
@@ -216,7 +218,7 @@ def test_an_add_across_two_convs_counts_both_parts():
     assert (report.conv_cycles, report.add_cycles, report.add_overlapped) == (18, 12, 8)
     assert report.add_hidden == pytest.approx(8 / 12)
     assert report.law_cycles == 24.0  # 18 + 12 / 2
-    assert report.saved_cycles == 30 - 22
+    assert report.ideal_serial_cycles == 30  # 18 + 12
     # both units busy at once is symmetric
     assert overlap_cycles(result, "conv", "add") == 8
 
@@ -234,7 +236,6 @@ def test_zero_add_cycles():
             "A+B": 16,
             "law": 16.0,
             "fused": 16,
-            "saved": 0,
             "overlapped": 0,
             "hidden": 0.0,
             "bound": 16,
@@ -287,14 +288,14 @@ def test_network_totals():
     ]
     assert report.total("conv_cycles") == 66  # 20 + 30 + 16
     assert report.total("add_cycles") == 10  # 8 + 2 + 0
-    assert report.unfused_cycles == 76  # 28 + 32 + 16
+    assert report.ideal_serial_cycles == 76  # 28 + 32 + 16
     assert report.fused_cycles == 76  # 24 + 32 + 20
-    assert report.total("saved_cycles") == 0  # 4 + 0 - 4
+    assert report.unfused_cycles is None  # not asked for
     assert report.total("add_overlapped") == 4
     assert sum(layer.law_cycles for layer in report.layers) == 72.0  # 24 + 32 + 16
     # the network bound sums each unit over the layers, then takes the busiest: conv's 66,
     # not the sum of the layers' own bounds 20 + 30 + 20 = 70
-    assert report.busy == {"load": 20, "conv": 66, "add": 10, "store": 0}
+    assert busy(report) == {"load": 20, "conv": 66, "add": 10}
     assert report.bound_cycles == 66
     assert report.total("bound_cycles") == 70
     # weighted by each layer's add: 4 / 10, not the mean of 50 %, 0 % and 0 %
@@ -306,22 +307,93 @@ def test_network_table_shows_the_hand_computed_figures():
     lines = table.splitlines()
     assert lines[0].split()[:2] == ["#", "layer"]
     rows = [line.split() for line in lines[2:5]]
-    # A, B, A+B, A+B/N, fused, bound, its unit, fused / bound, hidden: the last nine columns
-    assert [row[-9:] for row in rows] == [
-        ["20", "8", "28", "24", "24", "20", "conv", "1.200", "50%"],
-        ["30", "2", "32", "32", "32", "30", "conv", "1.067", "0%"],
-        ["16", "0", "16", "16", "20", "20", "load", "1.000", "0%"],
+    # unfused, per-op (not asked for: "-"), fused, f/unf, bound, its unit, fused / bound, then
+    # the ideal-machine law: A, B, A+B, A+B/N, hidden
+    assert [row[-13:] for row in rows] == [
+        ["-", "-", "24", "-", "20", "conv", "1.200", "|", "20", "8", "28", "24", "50%"],
+        ["-", "-", "32", "-", "30", "conv", "1.067", "|", "30", "2", "32", "32", "0%"],
+        ["-", "-", "20", "-", "20", "load", "1.000", "|", "16", "0", "16", "16", "0%"],
     ]
     assert [row[0] for row in rows] == ["0", "1", "2"]
-    assert rows[0][-12:-9] == ["height", "software", "heuristic"]
-    assert lines[6].split()[:3] == ["total", "(3", "layers)"]
-    assert lines[6].split()[-9:] == ["66", "10", "76", "72", "76", "66", "conv", "1.152", "40%"]
+    assert rows[0][-17:-13] == ["N=2", "height", "software", "heuristic"]
+    total = lines[6].split()
+    assert total[:3] == ["total", "(3", "layers)"]
+    assert total[-13:] == [
+        "-",
+        "-",
+        "76",
+        "-",
+        "66",
+        "conv",
+        "1.152",
+        "|",
+        "66",
+        "10",
+        "76",
+        "72",
+        "40%",
+    ]
     # 76 / 66 = 1.1515 of the bound, 76 / 76 of A + B
     assert lines[7] == (
-        "fused: 1.152x the network bound (busiest unit: conv), 1.000x the bare A + B "
-        "(conv then epilogue, DMA free)"
+        "fused (unfused baseline not computed: network_report(..., baseline=True)): 1.152x "
+        "the network bound (busiest: conv); ideal-machine law (A+B, DMA free): 1.000x A+B"
     )
-    assert len(lines) == 8
+    assert lines[8].startswith("unfused: conv kernel, then the epilogue chain")
+    assert len(lines) == 9
+
+
+def kernel(name: str, cycles: int) -> KernelRun:
+    return KernelRun(name, "by hand", Program(streams={}, buffers={}, tensors={}),
+                     sim(("add", 0, cycles)))  # fmt: skip
+
+
+def baseline(conv: int, chain: int, *per_op: int) -> UnfusedBaseline:
+    ops = tuple(kernel(f"op{i}", cycles) for i, cycles in enumerate(per_op))
+    return UnfusedBaseline(WORKLOAD, kernel("conv", conv), (kernel("chain", chain),), ops)
+
+
+def with_baselines() -> NetworkReport:
+    """three_layers with unfused kernels: conv 22 + chain 10 (per-op 6 + 7 + 8), conv 30 +
+    chain 1 (per-op 2), conv 16 + chain 5 (per-op 5 + 6)."""
+    baselines = [baseline(22, 10, 6, 7, 8), baseline(30, 1, 2), baseline(16, 5, 5, 6)]
+    return NetworkReport(
+        tuple(layer_report(r, b) for r, b in zip(three_layers(), baselines, strict=True))
+    )
+
+
+def test_the_unfused_baseline_leads_the_table():
+    report = with_baselines()
+    assert [layer.unfused_cycles for layer in report.layers] == [32, 31, 21]
+    assert [layer.unfused_per_op_cycles for layer in report.layers] == [43, 32, 27]
+    assert (report.unfused_cycles, report.unfused_per_op_cycles) == (84, 102)
+    assert report.fused_wins == 2  # 24 < 32, 32 > 31, 20 < 21
+    lines = report.table().splitlines()
+    rows = [line.split()[-13:-8] for line in lines[2:5]]
+    # unfused, per-op, fused, fused / unfused, bound
+    assert rows == [
+        ["32", "43", "24", "0.750", "20"],
+        ["31", "32", "32", "1.032", "30"],
+        ["21", "27", "20", "0.952", "20"],
+    ]
+    assert lines[6].split()[-13:-8] == ["84", "102", "76", "0.905", "66"]
+    # 76 / 84 = 0.9048, 76 / 102 = 0.7451, 76 / 66 = 1.1515, 76 / 76
+    assert lines[7] == (
+        "fused: 0.905x unfused (faster on 2 of 3 layers), 0.745x unfused per-op, 1.152x the "
+        "network bound (busiest: conv); ideal-machine law (A+B, DMA free): 1.000x A+B"
+    )
+
+
+def test_the_dram_channel_can_be_the_bound():
+    """Loads on two queues overlap, but their bytes share one channel busy for 30 cycles."""
+    first = run(sim(("load", 0, 12), ("conv", 12, 20), ("store", 20, 30), dram=30), 1)
+    second = run(sim(("conv", 0, 25), dram=4), 1)
+    report = network_report(RunRecorder(runs=[first, second]))
+    assert [(layer.bound_cycles, layer.bound_unit) for layer in report.layers] == [
+        (30, "dram"),
+        (25, "conv"),
+    ]
+    # summed over the layers: dram 30 + 4 = 34 > conv 8 + 25 = 33
+    assert (report.bound_cycles, report.bound_unit) == (34, "dram")
 
 
 def test_network_report_takes_a_session_or_a_recorder():
@@ -344,7 +416,8 @@ def test_network_report_takes_a_session_or_a_recorder():
 def test_an_empty_network():
     report = network_report(RunRecorder())
     assert report.layers == ()
-    assert (report.fused_cycles, report.unfused_cycles, report.add_hidden) == (0, 0, 0.0)
+    assert (report.fused_cycles, report.ideal_serial_cycles, report.add_hidden) == (0, 0, 0.0)
+    assert (report.unfused_cycles, report.fused_wins) == (None, None)
     assert report.bound_cycles == 0
     assert report.table() == "nothing to offload: no conv2d the accelerator can take"
 
@@ -378,5 +451,37 @@ def test_a_simulated_layer_on_the_ideal_machine_meets_the_law(config):
     assert b <= a and b % n_tiles == 0
     assert report.fused_cycles == report.law_cycles == a + b // n_tiles
     assert report.add_overlapped == (n_tiles - 1) * b // n_tiles
-    assert report.saved_cycles == b - b // n_tiles
+    assert report.ideal_serial_cycles == a + b
     assert (report.bound_cycles, report.bound_unit) == (a, "conv")
+
+
+def test_a_simulated_layers_bound_is_the_simulators():
+    """On the default machine (DMA busy, the DRAM channel shared): the report's bound is
+    SimResult.bound_cycles, and the DRAM channel is one of the resources."""
+    hardware = load_config("default")
+    config = TileConfig(2, "height", "software")
+    result = simulate(lower_to_program(WORKLOAD, config, hardware), hardware, functional=False)
+    report = layer_report(run(result, config=config))
+    assert report.bound_cycles == result.bound_cycles
+    assert report.busy["dram"] == result.dram_busy_cycles
+    assert {unit: report.busy[unit] for unit in UNITS} == {
+        unit: stats.busy_cycles for unit, stats in result.units.items()
+    }
+
+
+def test_network_report_computes_the_baseline_once_per_workload():
+    """Asked for, every layer gets the unfused baseline of its workload; a repeated layer
+    reuses the cached one (the same object)."""
+    hardware = load_config("default")
+    config = TileConfig(2, "height", "software")
+    result = simulate(lower_to_program(WORKLOAD, config, hardware), hardware, functional=False)
+    runs = [run(result, config=config), run(result, config=config, symbol="again")]
+    plain = network_report(RunRecorder(runs=runs))
+    report = network_report(RunRecorder(runs=runs), baseline=True)
+    assert plain.unfused_cycles is None and report.has_baseline
+    first, second = report.layers
+    assert first.baseline is second.baseline is unfused_baseline(WORKLOAD, hardware)
+    (chain,) = first.baseline.chain
+    assert first.unfused_cycles == first.baseline.conv.cycles + chain.cycles
+    assert report.unfused_cycles == 2 * first.unfused_cycles
+    assert report.fused_wins == 2 * (result.total_cycles < first.unfused_cycles)
