@@ -251,6 +251,15 @@ def test_fused_beats_unfused_on_a_residual_layer():
     assert fused.total_cycles < baseline.chain_cycles < baseline.per_op_cycles
 
 
+def test_the_conv_kernel_is_no_slower_than_the_heuristics_pick():
+    """It gets its best: the fastest of the analytic top configs, the heuristic's among them."""
+    bare = Workload(1, 16, 16, 16, 32, 3, 3, padding=(1, 1, 1, 1), epilogue=())
+    program = lower_to_program(bare, default_config(bare, HARDWARE), HARDWARE)
+    heuristic = simulate(program, HARDWARE, functional=False).total_cycles
+    residual = Workload(1, 16, 16, 16, 32, 3, 3, padding=(1, 1, 1, 1))
+    assert unfused_baseline(residual, HARDWARE).conv.cycles <= heuristic
+
+
 def test_a_bare_conv_has_no_elementwise_kernel():
     bare = Workload(1, 8, 8, 8, 8, 1, 1, epilogue=())
     baseline = unfused_baseline(bare, HARDWARE)
