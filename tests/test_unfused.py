@@ -19,7 +19,7 @@ from tvm_convadd.target.elementwise import (
     fastest_elementwise,
     tile_regions,
 )
-from tvm_convadd.target.hardware import HardwareConfig, load_config
+from tvm_convadd.target.hardware import HardwareConfig, list_configs, load_config
 from tvm_convadd.target.isa import Program
 from tvm_convadd.target.lower import lower_to_program
 from tvm_convadd.target.simulator import overflowing, simulate
@@ -249,6 +249,40 @@ def test_fused_beats_unfused_on_a_residual_layer():
     fused = simulate(fused_program, HARDWARE, functional=False)
     baseline = unfused_baseline(workload, HARDWARE)
     assert fused.total_cycles < baseline.chain_cycles < baseline.per_op_cycles
+
+
+@pytest.mark.parametrize("config", list_configs())
+def test_fused_beats_unfused_on_every_shipped_machine(config):
+    """The residual layer on every config: fused < unfused (chain) <= per-op, each variant no
+    faster than its kernels' bounds."""
+    hardware = load_config(config)
+    workload = Workload(
+        1, 16, 16, 16, 16, 3, 3, padding=(1, 1, 1, 1), epilogue=parse_epilogue("bias+residual+relu")
+    )
+    fused = simulate(lower_to_program(workload, default_config(workload, hardware), hardware),
+                     hardware, functional=False)  # fmt: skip
+    baseline = unfused_baseline(workload, hardware)
+    assert fused.total_cycles < baseline.chain_cycles <= baseline.per_op_cycles
+    assert baseline.chain_cycles >= baseline.chain_bound_cycles
+    assert baseline.per_op_cycles >= baseline.per_op_bound_cycles
+
+
+def test_on_the_ideal_machine_unfused_is_the_laws_a_plus_b_and_a_copy():
+    """DMA free: the chain baseline is the fused layer's A + B (the seed's serial figure) plus
+    the conv kernel's acc-to-out copy on the Add unit, and per-op costs the same (one ALU pass
+    per op either way)."""
+    hardware = load_config("ideal")
+    workload = Workload(1, 16, 16, 16, 16, 1, 1, epilogue=parse_epilogue("bias+residual+relu"))
+    config = default_config(workload, hardware)
+    fused = simulate(lower_to_program(workload, config, hardware), hardware, functional=False)
+    a, b = fused.units["conv"].busy_cycles, fused.units["add"].busy_cycles
+    baseline = unfused_baseline(workload, hardware)
+    copy = baseline.conv.result.units["add"].busy_cycles
+    elements = 16 * 16 * 16
+    assert copy == elements // hardware.add_lanes  # one pass, no ops
+    assert baseline.chain_cycles == baseline.per_op_cycles
+    assert baseline.chain_cycles >= a + b
+    assert baseline.chain_cycles <= a + b + copy
 
 
 def test_the_conv_kernel_is_no_slower_than_the_heuristics_pick():
