@@ -128,6 +128,7 @@ def main() -> None:
             ops = ", ".join(f"{op} x{n}" for op, n in sorted(result["cpu_ops"].items()))
             tqdm.write(f"left on the CPU: {ops or 'nothing'}")
             tqdm.write(result["report"].table())
+            tqdm.write(result["report"].baseline_table())
     for size, sized in results.items():
         print(f"\n=== {size}x{size} on {args.target} ===")
         print(summary_table(sized))

@@ -383,6 +383,17 @@ def test_the_unfused_baseline_leads_the_table():
     )
 
 
+def test_the_baseline_table_lists_each_distinct_layers_kernels():
+    report = with_baselines()  # three layers of one shape: one row
+    lines = report.baseline_table().splitlines()
+    assert lines[0].split()[:3] == ["layer", "conv", "kernel"]
+    assert len(lines) == 3
+    assert lines[2].split()[-12:] == [
+        "by", "hand", "22", "by", "hand", "10", "op0", "6,", "op1", "7,", "op2", "8",
+    ]  # fmt: skip
+    assert "not computed" in network_report(RunRecorder(runs=three_layers())).baseline_table()
+
+
 def test_the_dram_channel_can_be_the_bound():
     """Loads on two queues overlap, but their bytes share one channel busy for 30 cycles."""
     first = run(sim(("load", 0, 12), ("conv", 12, 20), ("store", 20, 30), dram=30), 1)

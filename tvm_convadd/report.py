@@ -214,6 +214,30 @@ class NetworkReport:
         rows.append(_LEGEND)
         return "\n".join(rows)
 
+    def baseline_table(self) -> str:
+        """What the unfused baseline ran, once per distinct layer: the conv kernel's config and
+        cycles, the chain kernel's tiling and cycles, each per-op kernel's cycles."""
+        if not self.has_baseline:
+            return "unfused baseline not computed: network_report(..., baseline=True)"
+        header = (
+            f"{'layer':<60} {'conv kernel':<44} {'cycles':>9} {'chain kernel':<28} "
+            f"{'cycles':>8}  per-op kernels"
+        )
+        rows = [header, "-" * len(header)]
+        shown = set()
+        for layer in self.layers:
+            if layer.shape in shown:
+                continue
+            shown.add(layer.shape)
+            base = layer.baseline
+            tiling, cycles = (base.chain[0].tiling, base.chain[0].cycles) if base.chain else "--"
+            per_op = ", ".join(f"{k.name} {k.cycles}" for k in base.per_op) or "-"
+            rows.append(
+                f"{layer.shape:<60} {base.conv.tiling:<44} {base.conv.cycles:>9} "
+                f"{tiling:<28} {cycles:>8}  {per_op}"
+            )
+        return "\n".join(rows)
+
     def summary(self) -> str:
         """The verdict in one line: fused against unfused, the bound and the ideal law."""
         fused = self.fused_cycles
