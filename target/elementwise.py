@@ -29,6 +29,7 @@ from tvm_convadd.target.isa import (
     Region,
     Slot,
     Store,
+    dtype_bytes,
 )
 from tvm_convadd.target.lower import derive_tokens
 from tvm_convadd.target.simulator import SimResult, overflowing, simulate
@@ -100,7 +101,72 @@ def tile_regions(shape: tuple[int, ...], tiling: ElementwiseTiling) -> list[Regi
 def _vectors_fit(shape, ops, hardware: HardwareConfig) -> bool:
     """Whether every channel vector fits on chip whole, one slot each (loaded once)."""
     vectors = sum(op.kind == "channel" for op in ops)
-    return vectors * shape[1] * 4 <= hardware.pool_bytes("bias")
+    return vectors * shape[1] * dtype_bytes(hardware.dtype) <= hardware.pool_bytes("bias")
+
+
+def _check(shape: tuple[int, ...], tiling: ElementwiseTiling) -> None:
+    if len(shape) != 4:
+        raise ProgramError(f"elementwise kernel over shape {list(shape)}: give an NCHW shape")
+    _, channels, height, _ = shape
+    if not (1 <= tiling.channels <= channels and 1 <= tiling.rows <= height):
+        raise ProgramError(
+            f"elementwise tiling {tiling} of shape {list(shape)}: use 1..{channels} channels "
+            f"and 1..{height} rows"
+        )
+    if tiling.rows < height and tiling.channels != 1:
+        raise ProgramError(f"elementwise tiling {tiling}: a tile of part of the rows has 1 channel")
+
+
+def _declarations(shape, ops, tiling: ElementwiseTiling, vectors_once: bool):
+    """The DRAM tensors, the on-chip buffers, and the LOADs of whole channel vectors that run
+    once before the tile loop."""
+    vector_shape = (1, shape[1], 1, 1)
+    tile_shape = (1, tiling.channels, tiling.rows, shape[3])
+    tensors = {INPUT: tuple(shape)}
+    buffers = {"acc": BufferDecl(tile_shape, 2), "out": BufferDecl(tile_shape, 2)}
+    once: list[Instruction] = []
+    for op, name in zip(ops, operand_names(ops)):
+        if name is None:
+            continue
+        buffer = _buffer_name(name)
+        if op.kind == "tensor":
+            tensors[name], buffers[buffer] = tuple(shape), BufferDecl(tile_shape, 2)
+            continue
+        tensors[name] = vector_shape
+        if vectors_once:
+            buffers[buffer] = BufferDecl(vector_shape, 1)
+            whole = tuple((0, d) for d in vector_shape)
+            once.append(Load(dst=Slot(buffer, 0, whole), src=Dram(name, whole)))
+        else:
+            buffers[buffer] = BufferDecl((1, tiling.channels, 1, 1), 2)
+    tensors[OUTPUT] = tuple(shape)
+    return tensors, buffers, once
+
+
+def _tile(ops, region: Region, slot: int, vectors_once: bool) -> list[Instruction]:
+    """One tile's LOADs (x into acc, its operands into their buffers), ADD and STORE."""
+    local = tuple((0, extent) for _, extent in region)
+    channels = ((0, 1), region[1], (0, 1), (0, 1))  # the tile's slice of a channel vector
+    instructions: list[Instruction] = [Load(dst=Slot("acc", slot, local), src=Dram(INPUT, region))]
+    steps = []
+    for op, name in zip(ops, operand_names(ops)):
+        if name is None:
+            steps.append(AluOp(op.op, "const", value=op.value))
+            continue
+        buffer = _buffer_name(name)
+        if op.kind == "tensor":
+            src = Slot(buffer, slot, local)
+            instructions.append(Load(dst=src, src=Dram(name, region)))
+        elif vectors_once:
+            src = Slot(buffer, 0, channels)
+        else:
+            src = Slot(buffer, slot, ((0, 1), (0, region[1][1]), (0, 1), (0, 1)))
+            instructions.append(Load(dst=src, src=Dram(name, channels)))
+        steps.append(AluOp(op.op, op.kind, src))
+    out = Slot("out", slot, local)
+    instructions.append(Add(acc=Slot("acc", slot, local), out=out, ops=tuple(steps)))
+    instructions.append(Store(src=out, dst=Dram(OUTPUT, region)))
+    return instructions
 
 
 def elementwise_program(
@@ -109,72 +175,19 @@ def elementwise_program(
     tiling: ElementwiseTiling,
     vectors_once: bool = True,
 ) -> Program:
-    """The pipelined kernel `output = ops(x)` over NCHW `shape`, tiled as `tiling`.
+    """The pipelined kernel `output = ops(x)` over NCHW `shape`, tiled as `tiling`, tile i in
+    slot i % 2 of every tile buffer.
 
     Channel vectors load once whole before the tile loop (`vectors_once`), else per tile into
-    two slots. Raises ProgramError for a shape that is not 4-D."""
-    if len(shape) != 4:
-        raise ProgramError(f"elementwise kernel over shape {list(shape)}: give an NCHW shape")
-    _, channels, height, width = shape
-    if not (1 <= tiling.channels <= channels and 1 <= tiling.rows <= height):
-        raise ProgramError(
-            f"elementwise tiling {tiling} of shape {list(shape)}: use 1..{channels} channels "
-            f"and 1..{height} rows"
-        )
-    if tiling.rows < height and tiling.channels != 1:
-        raise ProgramError(f"elementwise tiling {tiling}: a tile of part of the rows has 1 channel")
-    names = operand_names(ops)
-    vector_shape = (1, channels, 1, 1)
-    tensors = {INPUT: tuple(shape)}
-    tile_shape = (1, tiling.channels, tiling.rows, width)
-    buffers = {"acc": BufferDecl(tile_shape, 2), "out": BufferDecl(tile_shape, 2)}
-    prologue: list[Instruction] = []
-    for op, name in zip(ops, names):
-        if name is None:
-            continue
-        tensors[name] = tuple(shape) if op.kind == "tensor" else vector_shape
-        buffer = _buffer_name(name)
-        if op.kind == "tensor":
-            buffers[buffer] = BufferDecl(tile_shape, 2)
-        elif vectors_once:
-            buffers[buffer] = BufferDecl(vector_shape, 1)
-            whole = tuple((0, d) for d in vector_shape)
-            prologue.append(_operand_load(Slot(buffer, 0, whole), Dram(name, whole)))
-        else:
-            buffers[buffer] = BufferDecl((1, tiling.channels, 1, 1), 2)
-    tensors[OUTPUT] = tuple(shape)
-    instructions = list(prologue)
+    two slots. Raises ProgramError for a shape that is not 4-D or a tiling that does not fit it.
+    """
+    shape = tuple(shape)
+    _check(shape, tiling)
+    tensors, buffers, instructions = _declarations(shape, ops, tiling, vectors_once)
     for index, region in enumerate(tile_regions(shape, tiling)):
-        slot = index % 2
-        local = tuple((0, extent) for _, extent in region)
-        (_, _), (c0, cl), _, _ = region
-        steps = []
-        instructions.append(Load(dst=Slot("acc", slot, local), src=Dram(INPUT, region)))
-        for op, name in zip(ops, names):
-            if name is None:
-                steps.append(AluOp(op.op, "const", value=op.value))
-                continue
-            buffer = _buffer_name(name)
-            if op.kind == "tensor":
-                src = Slot(buffer, slot, local)
-                instructions.append(_operand_load(src, Dram(name, region)))
-            elif vectors_once:
-                src = Slot(buffer, 0, ((0, 1), (c0, cl), (0, 1), (0, 1)))
-            else:
-                src = Slot(buffer, slot, ((0, 1), (0, cl), (0, 1), (0, 1)))
-                channel = ((0, 1), (c0, cl), (0, 1), (0, 1))
-                instructions.append(_operand_load(src, Dram(name, channel)))
-            steps.append(AluOp(op.op, op.kind, src))
-        out = Slot("out", slot, local)
-        instructions.append(Add(acc=Slot("acc", slot, local), out=out, ops=tuple(steps)))
-        instructions.append(Store(src=out, dst=Dram(OUTPUT, region)))
+        instructions += _tile(ops, region, index % 2, vectors_once)
     meta = {"kernel": "elementwise", "ops": [op.to_dict() for op in ops], "tiling": str(tiling)}
     return Program(derive_tokens(instructions), buffers, tensors, meta=meta)
-
-
-def _operand_load(dst: Slot, src: Dram) -> Load:
-    """A LOAD of an epilogue operand: its buffer (res*, bias*, scale*) picks the queue."""
-    return Load(dst=dst, src=src)
 
 
 def candidate_tilings(shape: tuple[int, ...]) -> list[ElementwiseTiling]:

@@ -1,19 +1,23 @@
 """The unfused baseline: what a compiler without this project runs for one conv + epilogue.
 
-The conv is its own accelerator kernel (the same layer with `epilogue=()`: conv, then store,
-through the normal lowering, the fastest of the analytic ranking's top 8 configs as simulated,
-as the shipped records were chosen), and its output goes through DRAM to
-elementwise kernels on the Add unit (`target/elementwise.py`), each DMA-pipelined as well as
-the fused one. Two variants:
+The conv is its own accelerator kernel: the same layer with `epilogue=()` (conv, then store),
+through the normal lowering, the fastest (simulated) of the analytic ranking's top 8 fitting
+configs, as the shipped records were chosen. Its output goes through DRAM to elementwise
+kernels on the Add unit (`target/elementwise.py`), each DMA-pipelined as the fused one is and
+given its fastest fitting tiling. Two variants:
 
 - **chain**: the whole epilogue chain as one elementwise kernel, as TVM's own FuseOps fuses
-  injective ops. The stronger baseline: the conv output makes one round trip through DRAM.
+  injective ops; the stronger baseline, and the one reports lead with. It leaves out only the
+  fusion this project adds: the conv's output makes one round trip through DRAM (stored,
+  then loaded again) and the epilogue runs after the conv instead of under it.
 - **per-op**: each epilogue op its own kernel (bias add, residual add, relu each a
-  load/op/store pass), as issue 10 words it: one round trip per op.
+  load/op/store pass), as issue 10 words it; it leaves out FuseOps as well, so every op
+  costs a round trip of the whole tensor.
 
-Both leave out what no kernel boundary allows here: the kernels run back to back (no overlap
-of one kernel's tail with the next one's head, no host launch cost either), and the conv
-kernel still pays its Add-unit copy of acc to out, because this machine's STORE reads `out`.
+Both leave out what this machine's kernel boundaries would cost or allow: the kernels run back
+to back with no launch cost (in the baseline's favour) and no overlap of one kernel's tail with
+the next one's head (against it), and the conv kernel still pays the Add unit's copy of acc to
+out, because this machine's STORE reads `out`.
 """
 
 from __future__ import annotations
