@@ -36,6 +36,7 @@ from tvm_convadd.target.isa import Program
 from tvm_convadd.target.lower import lower_to_program
 from tvm_convadd.target.registry import hardware_for_target
 from tvm_convadd.target.simulator import SimResult, simulate
+from tvm_convadd.target.timeline import TensorRef, fingerprint
 
 CODEGEN = "convadd"
 RUN_PROGRAM = "tvm_convadd.run_program"  # the one packed function offloaded calls go through
@@ -129,8 +130,13 @@ class OffloadedLayer:
 
 @dataclass(frozen=True)
 class LayerRun:
+    """One offloaded call as run: its layer, what it simulated, and which DRAM buffers (by
+    identity and version, `timeline.TensorRef`) its inputs (in role order) and output were."""
+
     layer: OffloadedLayer
     result: SimResult  # `outputs` dropped: the output went to the VM's tensor
+    inputs: tuple[TensorRef, ...] = ()
+    output: TensorRef | None = None
 
 
 @dataclass
@@ -267,6 +273,19 @@ class RunRecorder:
 
     runs: list[LayerRun] = field(default_factory=list)
     error: ConvAddError | None = None
+    versions: dict[int, tuple[int, int]] = field(default_factory=dict)  # storage -> (version, mark)
+
+    def tensor_ref(
+        self, tensor: tvm.runtime.Tensor, contents: np.ndarray, written: bool = False
+    ) -> TensorRef:
+        """Which version of `tensor`'s storage `contents` is: the VM reuses memory, so a call's
+        write, or contents changed since the last look (a CPU op's output), is a new one."""
+        storage, mark = tensor.data_ptr(), fingerprint(contents)
+        version, seen = self.versions.get(storage, (-1, None))
+        if written or mark != seen:
+            version += 1
+            self.versions[storage] = (version, mark)
+        return TensorRef(storage, version)
 
 
 _RECORDER: contextvars.ContextVar[RunRecorder | None] = contextvars.ContextVar(
@@ -310,7 +329,11 @@ def run_program(payload: str, *args) -> None:
             recorder.error = err
         raise
     if recorder is not None:
-        recorder.runs.append(LayerRun(layer, dataclasses.replace(result, outputs=None)))
+        refs = tuple(recorder.tensor_ref(arg, tensors[r]) for r, arg in zip(layer.roles, inputs))
+        written = result.outputs["output"] if layer.functional else out.numpy()
+        output = recorder.tensor_ref(out, written, written=True)
+        result = dataclasses.replace(result, outputs=None)
+        recorder.runs.append(LayerRun(layer, result, refs, output))
 
 
 tvm.register_global_func(RUN_PROGRAM, run_program, override=True)
