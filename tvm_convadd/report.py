@@ -100,12 +100,12 @@ def _cycles(value: int | None) -> str:
 _COLUMNS = (
     f"{'#':>3} {'layer':<60} {'tiles':<44} {'unfused':>9} {'per-op':>9} {'fused':>9} "
     f"{'f/unf':>6} {'bound':>9} {'unit':<5} {'f/bound':>7} | {'A conv':>9} {'B add':>8} "
-    f"{'A+B':>9} {'A+B/N':>9} {'hidden':>6}"
+    f"{'A+B ideal':>10} {'A+B/N ideal':>12} {'hidden':>6}"
 )
 _LEGEND = (
     "unfused: conv kernel, then the epilogue chain as one elementwise kernel (TVM's FuseOps); "
     "per-op: one elementwise kernel per epilogue op; bound: the busiest unit or the DRAM "
-    "channel; A+B, A+B/N: the ideal-machine law (A+B, DMA free)"
+    "channel; A+B ideal, A+B/N ideal: the ideal-machine law (A+B: conv then epilogue, DMA free)"
 )
 
 
@@ -115,7 +115,7 @@ def _row(index: str, name: str, tiles: str, figures: dict) -> str:
         f"{index:>3} {name:<60} {tiles:<44} {_cycles(f['unfused']):>9} "
         f"{_cycles(f['per_op']):>9} {f['fused']:>9} {_ratio(f['fused'], f['unfused']):>6} "
         f"{f['bound']:>9} {f['unit']:<5} {_ratio(f['fused'], f['bound']):>7} | "
-        f"{f['conv']:>9} {f['add']:>8} {f['conv'] + f['add']:>9} {f['law']:>9.0f} "
+        f"{f['conv']:>9} {f['add']:>8} {f['conv'] + f['add']:>10} {f['law']:>12.0f} "
         f"{f['hidden']:>6.0%}"
     )
 
