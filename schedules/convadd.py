@@ -33,8 +33,10 @@ from tvm_convadd.target.annotations import (
     operand_buffer,
 )
 
-# Software-pipeline stage of each per-tile stage: load(i+2) | conv(i+1) + load res | add(i).
-PIPELINE_STAGE = {"inp": 0, "wgt": 0, "channel": 0, "acc": 1, "tensor": 1, "out": 2, "store": 2}
+# Software-pipeline stage of each per-tile stage: load(i+3) | conv(i+2) + load res | add(i+1)
+# | store(i). The store has a stage of its own so that `out` crosses a stage and gets two slots:
+# ADD i+1 does not wait for STORE i.
+PIPELINE_STAGE = {"inp": 0, "wgt": 0, "channel": 0, "acc": 1, "tensor": 1, "out": 2, "store": 3}
 # Producer-first order of a tile's stages (compute_at then runs it in reverse).
 PROGRAM_ORDER = ("wgt", "channel", "inp", "acc", "tensor", "out")
 
@@ -90,7 +92,7 @@ def _add_cache_stages(sch: s_tir.Schedule, workload: Workload) -> list[Stage]:
     for name in workload.operand_shapes:
         buffer = operand_buffer(name)
         block = sch.cache_read(ADD, name, f"local.{buffer}")
-        operands.append(Stage(sch.get(block).name_hint, "load", buffer))
+        operands.append(Stage(sch.get(block).name_hint, "vload", buffer))
     store = sch.cache_write(ADD, 0, "local.out")
     sch.set_scope(PAD, 0, "local.inp")
     sch.set_scope(CONV, 0, "local.acc")

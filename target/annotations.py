@@ -14,9 +14,10 @@ STAGE_ROOT_ATTR = "convadd.stage"  # loop annotation on the outermost loop of a 
 TILE_LOOP_ATTR = "convadd.tile_loop"  # loop annotation on the loop over tiles
 
 # The buffers a stage of each unit may fill ("store" names the DRAM output a STORE writes);
-# a load may also fill an epilogue operand's buffer (`epilogue_family`).
+# the vload queue fills the epilogue operands' buffers (`epilogue_family`).
 UNIT_BUFFERS = {
     "load": ("inp", "wgt"),
+    "vload": (),
     "conv": ("acc",),
     "add": ("out",),
     "store": ("store",),
@@ -48,4 +49,4 @@ def epilogue_family(buffer: str) -> str | None:
 
 def unit_fills(unit: str, buffer: str) -> bool:
     """Whether a stage of `unit` may fill `buffer`."""
-    return buffer in UNIT_BUFFERS[unit] or (unit == "load" and epilogue_family(buffer) is not None)
+    return buffer in UNIT_BUFFERS[unit] or (unit == "vload" and epilogue_family(buffer) is not None)

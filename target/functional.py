@@ -22,7 +22,14 @@ class FunctionalMachine:
             raise ProgramError(
                 f"tensors {unknown} are not in the program; it uses {sorted(program.tensors)}"
             )
-        inputs = sorted({inst.src.tensor for inst in program.streams["load"]})
+        inputs = sorted(
+            {
+                inst.src.tensor
+                for stream in program.streams.values()
+                for inst in stream
+                if isinstance(inst, Load)
+            }
+        )
         missing = [name for name in inputs if tensors.get(name) is None]
         if missing:
             outputs = sorted(set(program.tensors) - set(inputs))

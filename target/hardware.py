@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from tvm_convadd.errors import HardwareConfigError
 from tvm_convadd.target.isa import (
     ALU_OPS,
+    DMA_UNITS,
     DTYPES,
     Add,
     Conv,
@@ -48,7 +49,10 @@ _INT_RANGES = {
     "issue_cycles": (0, 1 << 16),
 }
 _ALU_OP_CYCLES_RANGE = (0, 1 << 16)
-_OPTIONAL = {"dtype": "float32", "clock_mhz": 500.0}
+# Which DMA units share one engine (one transfer in flight): each queue its own engine, as
+# NVDLA splits its conv DMA from the SDP's read DMA. All engines share the DRAM bandwidth.
+SPLIT_DMA_QUEUES = (("load",), ("vload",), ("store",))
+_OPTIONAL = {"dtype": "float32", "clock_mhz": 500.0, "dma_queues": SPLIT_DMA_QUEUES}
 _RETIRED = {  # fields of the first, flat cost model, and what replaced them
     "macs_per_cycle": "array_rows, array_cols and dataflow",
     "conv_setup_cycles": "fill_drain (the array's fill and drain per fold)",
@@ -88,6 +92,10 @@ class HardwareConfig:
 
     `dma_bytes_per_cycle` None means unlimited bandwidth (transfers take no cycles), which
     with zero latencies, no fill/drain and no issue cost gives the ideal machine of `A + B/N`.
+    Otherwise it is the one DRAM channel's bandwidth, shared by every DMA queue: a second queue
+    overlaps latencies and orders transfers by readiness, but moves no byte faster.
+    `dma_queues` groups the DMA units (load: conv operands; vload: epilogue operands; store)
+    into engines; units of one engine have one transfer in flight between them.
     """
 
     name: str
@@ -106,6 +114,7 @@ class HardwareConfig:
     buffer_bytes: Mapping[str, int] = field(hash=False)
     dtype: str = "float32"
     clock_mhz: float = 500.0
+    dma_queues: tuple[tuple[str, ...], ...] = SPLIT_DMA_QUEUES
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "buffer_bytes", MappingProxyType(dict(self.buffer_bytes)))
@@ -178,30 +187,52 @@ class HardwareConfig:
         return passes * per_pass + self.add_latency_cycles + self.issue_cycles
 
     def dma_cycles(self, nbytes: int, runs: int = 1) -> int:
-        """Cycles of one LOAD or STORE moving `nbytes` of DRAM in `runs` contiguous runs.
+        """Cycles of one LOAD or STORE moving `nbytes` of DRAM in `runs` contiguous runs, alone
+        on the channel: `dma_setup_cycles` then `dma_transfer_cycles`."""
+        return self.dma_setup_cycles + self.dma_transfer_cycles(nbytes, runs)
 
-        latency once per transfer; bytes / bandwidth on the bus; `dma_run_cycles` for each run,
-        because each run is its own burst (a tile that cuts the width moves many short rows).
-        """
-        bandwidth = self.dma_bytes_per_cycle
-        if bandwidth is None:
-            return self.dma_latency_cycles + self.issue_cycles
-        return (
-            self.dma_latency_cycles
-            + _ceil_div(nbytes, bandwidth)
-            + runs * self.dma_run_cycles
-            + self.issue_cycles
-        )
+    @property
+    def dma_setup_cycles(self) -> int:
+        """The part of a transfer that holds its queue but not the DRAM channel: the issue and
+        the descriptor's round trip (latency, paid once per transfer)."""
+        return self.dma_latency_cycles + self.issue_cycles
+
+    def dma_transfer_cycles(self, nbytes: int, runs: int = 1) -> int:
+        """The part that holds the shared DRAM channel: bytes / bandwidth, and `dma_run_cycles`
+        for each contiguous run, because each run is its own burst (a tile that cuts the width
+        moves many short rows). Zero on an unlimited-bandwidth machine."""
+        if self.dma_bytes_per_cycle is None:
+            return 0
+        return _ceil_div(nbytes, self.dma_bytes_per_cycle) + runs * self.dma_run_cycles
 
     def region_dma_cycles(self, region: Region, shape: Sequence[int], dtype: str) -> int:
         """Cycles to move the part of `region` inside a DRAM tensor of `shape` (the padding
         around it is zero-filled on chip and crosses no bus)."""
+        return self.dma_setup_cycles + self.region_transfer_cycles(region, shape, dtype)
+
+    def region_transfer_cycles(self, region: Region, shape: Sequence[int], dtype: str) -> int:
+        """The DRAM channel's share of `region_dma_cycles`."""
         inside = clip_region(region, shape)
         if inside is None:
-            return self.dma_cycles(0, 0)
-        return self.dma_cycles(
+            return self.dma_transfer_cycles(0, 0)
+        return self.dma_transfer_cycles(
             region_size(inside) * dtype_bytes(dtype), contiguous_runs(inside, shape)
         )
+
+    def transfer_cycles(self, inst: Instruction, program: Program) -> int:
+        """Cycles a LOAD or STORE holds the DRAM channel; 0 for compute instructions."""
+        if isinstance(inst, (Load, Store)):
+            dram = inst.src if isinstance(inst, Load) else inst.dst
+            shape = program.tensors[dram.tensor]
+            return self.region_transfer_cycles(dram.region, shape, program.dtype)
+        return 0
+
+    def dma_engine(self, unit: str) -> int | None:
+        """Index of the DMA engine (`dma_queues` entry) serving `unit`; None for compute units."""
+        for index, queue in enumerate(self.dma_queues):
+            if unit in queue:
+                return index
+        return None
 
     def instruction_cycles(self, inst: Instruction, program: Program) -> int:
         """Cycles of any ISA instruction of `program` (the program gives the tensor shapes)."""
@@ -237,6 +268,7 @@ class HardwareConfig:
         data = {f.name: getattr(self, f.name) for f in fields(self)}
         data["buffer_bytes"] = dict(self.buffer_bytes)
         data["alu_op_cycles"] = dict(self.alu_op_cycles)
+        data["dma_queues"] = [list(queue) for queue in self.dma_queues]
         return data
 
     @classmethod
@@ -305,6 +337,7 @@ class HardwareConfig:
             buffer_bytes=capacities,
             dtype=dtype,
             clock_mhz=float(clock),
+            dma_queues=_dma_queues(source, data.get("dma_queues", SPLIT_DMA_QUEUES)),
             **values,
         )
 
@@ -335,6 +368,25 @@ def _alu_op_cycles(source: str, value: Any) -> dict[str, int]:
         op: _int_field(source, f"alu_op_cycles.{op}", value[op], *_ALU_OP_CYCLES_RANGE)
         for op in ALU_OPS
     }
+
+
+def _dma_queues(source: str, value: Any) -> tuple[tuple[str, ...], ...]:
+    """`dma_queues`: a partition of the DMA units into engines, each unit in exactly one."""
+    hint = 'e.g. [["load"], ["vload"], ["store"]] (split) or [["load", "vload"], ["store"]]'
+    if not isinstance(value, (list, tuple)) or not all(
+        isinstance(queue, (list, tuple)) and queue and all(isinstance(u, str) for u in queue)
+        for queue in value
+    ):
+        raise HardwareConfigError(
+            f"{source}: dma_queues {value!r}: must be a list of non-empty lists of units, {hint}"
+        )
+    named = [unit for queue in value for unit in queue]
+    if sorted(named) != sorted(DMA_UNITS):
+        raise HardwareConfigError(
+            f"{source}: dma_queues {value!r} must name each DMA unit {list(DMA_UNITS)} exactly "
+            f"once, {hint}"
+        )
+    return tuple(tuple(queue) for queue in value)
 
 
 def buffer_pool(buffer: str) -> str:

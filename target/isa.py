@@ -20,8 +20,11 @@ from dataclasses import MISSING, dataclass, field
 from typing import ClassVar
 
 from tvm_convadd.errors import ProgramError
+from tvm_convadd.target.annotations import epilogue_family
 
-UNITS = ("load", "conv", "add", "store")
+UNITS = ("load", "vload", "conv", "add", "store")
+# The DMA units: conv operands in (load), epilogue operands in (vload), results out (store).
+DMA_UNITS = ("load", "vload", "store")
 Region = tuple[tuple[int, int], ...]  # (start, extent) per dimension
 DTYPES = ("float16", "float32", "float64")  # element types a buffer or program may have
 ALU_OPS = ("add", "mul", "max", "min")  # the Add unit's vector ALU (VTA's ALU: add/mul/max/min)
@@ -186,13 +189,19 @@ class Load(Instruction):
     is all zeros) is a pure zero fill: its src is empty, extent 0 in a dimension whose pad
     covers all of dst; it still names the tensor whose padding it is. `Load.padded` builds
     either from a window that may run past the tensor's edge.
+
+    The buffer decides the queue: conv operands (inp, wgt) come in on "load", the epilogue's
+    operands (res*, bias*, scale*) on "vload", so that a residual never queues behind weights.
     """
 
     opcode: ClassVar[str] = "LOAD"
-    unit: ClassVar[str] = "load"
     dst: Slot
     src: Dram
     pad: Pad = ()
+
+    @property
+    def unit(self) -> str:
+        return "vload" if epilogue_family(self.dst.buffer) is not None else "load"
 
     def __post_init__(self) -> None:
         no_padding = not any(before or after for before, after in self.pad)

@@ -385,7 +385,7 @@ class _Walker:
         self, block, meaning: Meaning, write, reads: dict, env: dict, domain: dict
     ) -> Instruction:
         """The instruction of one tile's instance of a checked block, its operands checked too."""
-        if meaning.unit == "load":
+        if meaning.unit in ("load", "vload"):
             (src,) = reads.values()
             return self._load(block, meaning, write, src, env, domain)
         if meaning.unit == "conv":

@@ -188,12 +188,17 @@ def read_meaning(block, ix: Indexing, walker: _Walker) -> Meaning:
     if unit not in UNIT_BUFFERS:
         raise ProgramError(f"stage for unknown unit {unit!r}; units are {UNITS}")
     if not unit_fills(unit, buffer):
-        also = ", res, bias, scale (res_2, ...)" if unit == "load" else ""
+        also = "res, bias, scale (res_2, ...)" if unit == "vload" else ""
         raise ProgramError(
             f"stage block {block.name_hint!r} ({unit} unit) fills {buffer!r}: a {unit} stage "
-            f"fills one of {list(UNIT_BUFFERS[unit])}{also}"
+            f"fills {also or 'one of ' + str(list(UNIT_BUFFERS[unit]))}"
         )
-    check = {"load": _load_meaning, "conv": _conv_meaning, "add": _add_meaning}
+    check = {
+        "load": _load_meaning,
+        "vload": _load_meaning,
+        "conv": _conv_meaning,
+        "add": _add_meaning,
+    }
     meaning = Meaning(block.name_hint, unit, buffer)
     return check.get(unit, _store_meaning)(block, ix, walker, meaning)
 

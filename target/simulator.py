@@ -1,9 +1,10 @@
 """Event-driven simulator of the accelerator: cycles per unit, numpy semantics, checked tokens.
 
-The four units run concurrently, each in order through its stream. An instruction starts when
-its unit is free and every token it waits for has arrived, and lasts `instruction_cycles`.
-Because tokens travel through FIFO queues the schedule is a Kahn network: the result does
-not depend on the order in which we advance the units, so we advance each as far as it can.
+The five units run concurrently, each in order through its stream. An instruction starts when
+its unit (and, for a DMA, its engine) is free and every token it waits for has arrived, and
+lasts `instruction_cycles`, except that a LOAD or STORE moves its bytes only when the one DRAM
+channel, shared by every DMA queue, is free: transfers are served first come, first served.
+Instructions are therefore run in order of start time.
 
 Happens-before is tracked with vector clocks (a token carries its sender's clock), which
 makes the hazard check O(units) per operand and valid in timing-only mode too. A read must
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 import gc
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
@@ -76,12 +77,21 @@ class SimResult:
     hardware: str
     leftover_tokens: dict[str, int]
     dram_busy_cycles: int = 0  # cycles the shared DRAM channel spent transferring
+    engine_busy_cycles: dict[str, int] = field(default_factory=dict)  # engines of 2+ queues
 
     @property
     def bound_cycles(self) -> int:
-        """No schedule of these instructions beats this: the busiest unit's (or the shared DRAM
-        channel's) busy cycles."""
-        return max([self.dram_busy_cycles, *(s.busy_cycles for s in self.units.values())])
+        """No schedule of these instructions beats this: the busy cycles of the busiest unit,
+        DMA engine shared by several queues, or the shared DRAM channel."""
+        shared = [self.dram_busy_cycles, *self.engine_busy_cycles.values()]
+        return max([*shared, *(s.busy_cycles for s in self.units.values())])
+
+    @property
+    def bound_resource(self) -> str:
+        """What sets `bound_cycles`: a unit's name, "dram", or an engine's "load+vload"."""
+        busy = {name: s.busy_cycles for name, s in self.units.items()}
+        busy |= {"dram": self.dram_busy_cycles, **self.engine_busy_cycles}
+        return max(busy, key=busy.get)
 
     def summary(self) -> str:
         lines = [f"{self.total_cycles} cycles on {self.hardware}"]
@@ -127,78 +137,91 @@ def _run(
     tensors: dict[str, np.ndarray] | None,
     functional: bool,
 ) -> SimResult:
+    """Run the instructions in order of start time, so that the shared DRAM channel serves
+    transfers first come, first served: an instruction run later never starts earlier (it
+    waits on a token of one not yet run, or its unit or engine is busy until later)."""
     slot_ids: dict[tuple[str, int], int] = {}
     steps = [_prepare(program, hardware, unit, slot_ids) for unit in UNITS]
     machine = FunctionalMachine(program, tensors) if functional else None
+    engines = [hardware.dma_engine(unit) for unit in UNITS]
+    engine_free = [0] * len(hardware.dma_queues)
+    channel_free = 0
 
-    queues = [deque() for _ in range(_NUM_UNITS * _NUM_UNITS)]  # index src * 4 + dst
+    queues = [deque() for _ in range(_NUM_UNITS * _NUM_UNITS)]  # index src * units + dst
     pcs = [0] * _NUM_UNITS
     free = [0] * _NUM_UNITS
     busy = [0] * _NUM_UNITS
+    transferring = 0
     clocks = [[0] * _NUM_UNITS for _ in range(_NUM_UNITS)]
     # per slot id: the live (writes, reads), each access (region, unit, index + 1)
     accesses: list[tuple[list, list]] = [([], []) for _ in slot_ids]
     timeline: list[tuple[int, int, int, int]] = []
     remaining = sum(len(s) for s in steps)
+    counts = [len(s) for s in steps]
 
     while remaining:
-        progressed = False
-        for unit in range(_NUM_UNITS):
-            unit_steps = steps[unit]
-            pc, count = pcs[unit], len(unit_steps)
-            if pc == count:
+        unit, now = -1, 0
+        for candidate in range(_NUM_UNITS):
+            pc = pcs[candidate]
+            if pc == counts[candidate]:
                 continue
-            now, clock = free[unit], clocks[unit]
-            start_pc = pc
-            while pc < count:
-                cost, waits, signals, reads, writes, inst = unit_steps[pc]
-                if waits:
-                    blocked = False
-                    for q, need in waits:
-                        if len(queues[q]) < need:
-                            blocked = True
-                            break
-                    if blocked:
-                        break
-                    for q, need in waits:
-                        queue = queues[q]
-                        for _ in range(need):
-                            arrival, token_clock = queue.popleft()
-                            if arrival > now:
-                                now = arrival
-                            for other, value in enumerate(token_clock):
-                                if value > clock[other]:
-                                    clock[other] = value
-                stamp = pc + 1
-                clock[unit] = stamp
-                for key, region, slot in reads:
-                    _check_read(accesses, key, region, slot, unit, stamp, clock, program)
-                for key, region, slot in writes:
-                    _check_write(accesses, key, region, slot, unit, stamp, clock, program)
-                if machine is not None:
-                    machine.execute(inst)
-                end = now + cost
-                timeline.append((unit, pc, now, end))
-                if signals:
-                    token = (end, tuple(clock))
-                    for q in signals:
-                        queues[q].append(token)
-                now = end
-                pc += 1
-            if pc != start_pc:
-                busy[unit] += sum(step[0] for step in unit_steps[start_pc:pc])
-                remaining -= pc - start_pc
-                pcs[unit], free[unit] = pc, now
-                progressed = True
-        if remaining and not progressed:
+            start = free[candidate]
+            engine = engines[candidate]
+            if engine is not None and engine_free[engine] > start:
+                start = engine_free[engine]
+            for q, need in steps[candidate][pc][1]:
+                queue = queues[q]
+                if len(queue) < need:
+                    break
+                arrival = queue[need - 1][0]  # a queue's tokens arrive in order
+                if arrival > start:
+                    start = arrival
+            else:
+                if unit < 0 or start < now:
+                    unit, now = candidate, start
+        if unit < 0:
             raise DeadlockError(_deadlock_message(program, steps, pcs, queues))
+        pc = pcs[unit]
+        cost, waits, signals, reads, writes, inst, transfer = steps[unit][pc]
+        clock = clocks[unit]
+        for q, need in waits:
+            queue = queues[q]
+            for _ in range(need):
+                token_clock = queue.popleft()[1]
+                for other, value in enumerate(token_clock):
+                    if value > clock[other]:
+                        clock[other] = value
+        stamp = pc + 1
+        clock[unit] = stamp
+        for key, region, slot in reads:
+            _check_read(accesses, key, region, slot, unit, stamp, clock, program)
+        for key, region, slot in writes:
+            _check_write(accesses, key, region, slot, unit, stamp, clock, program)
+        if machine is not None:
+            machine.execute(inst)
+        end = now + cost
+        if transfer:  # setup on the queue, then the bytes when the DRAM channel is free
+            begin = max(now + cost - transfer, channel_free)
+            end = channel_free = begin + transfer
+            transferring += transfer
+        engine = engines[unit]
+        if engine is not None:
+            engine_free[engine] = end
+        timeline.append((unit, pc, now, end))
+        if signals:
+            token = (end, tuple(clock))
+            for q in signals:
+                queues[q].append(token)
+        busy[unit] += cost
+        pcs[unit], free[unit] = stamp, end
+        remaining -= 1
 
     total = max(free)
     stats = {
         name: UnitStats(busy[u], len(steps[u]), busy[u] / total if total else 0.0)
         for u, name in enumerate(UNITS)
     }
-    timeline.sort()  # by unit, then index: independent of the order units were advanced in
+    timeline.sort()  # by unit, then index
     opcodes = [[inst.opcode for inst in program.streams[name]] for name in UNITS]
     events = tuple(
         Event(UNITS[u], index, opcodes[u][index], start, end) for u, index, start, end in timeline
@@ -209,7 +232,14 @@ def _run(
         if queue
     }
     outputs = machine.dram if machine is not None else None
-    return SimResult(total, stats, events, outputs, hardware.name, leftover)
+    engine_busy = {
+        "+".join(queue): sum(busy[UNITS.index(u)] for u in queue)
+        for queue in hardware.dma_queues
+        if len(queue) > 1
+    }
+    return SimResult(
+        total, stats, events, outputs, hardware.name, leftover, transferring, engine_busy
+    )
 
 
 def overflowing(program: Program, hardware: HardwareConfig) -> dict[str, tuple[int, int]]:
@@ -267,14 +297,15 @@ def check_capacity(program: Program, hardware: HardwareConfig) -> None:
 def _prepare(
     program: Program, hardware: HardwareConfig, unit: str, slot_ids: dict[tuple[str, int], int]
 ) -> list[tuple]:
-    """Per instruction: (cost, waits ((queue, count), ...), signal queues, reads, writes, inst).
+    """Per instruction: (cost, waits ((queue, count), ...), signal queues, reads, writes, inst,
+    the part of the cost that holds the DRAM channel).
 
     Reads and writes are (slot id, region, operand); `slot_ids` numbers the (buffer, slot)s.
     Tiles repeat the same operand shapes, so shape checks and costs are memoised by them.
     """
     me = _UNIT_INDEX[unit]
     steps = []
-    cost_of = hardware.instruction_cycles
+    cost_of, transfer_of = hardware.instruction_cycles, hardware.transfer_cycles
     costs: dict[tuple, int] = {}
     token_queues: dict[tuple[tuple[str, ...], bool], tuple] = {}
     for index, inst in enumerate(program.streams[unit]):
@@ -295,10 +326,11 @@ def _prepare(
             key = (kind, inst.acc.region, inst.out.region, ops)
         else:
             raise ProgramError(f"{unit}#{index}: unknown instruction {kind.__name__}")
-        cost = costs.get(key)
-        if cost is None:
+        cached = costs.get(key)
+        if cached is None:
             _check_shapes(inst, f"{unit}#{index}")
-            cost = costs[key] = cost_of(inst, program)
+            cached = costs[key] = (cost_of(inst, program), transfer_of(inst, program))
+        cost, transfer = cached
         waits = token_queues.get((inst.wait, True))
         if waits is None:
             waits = token_queues[inst.wait, True] = tuple(
@@ -312,7 +344,7 @@ def _prepare(
             )
         reads = tuple([(_slot_id(slot_ids, s), s.region, s) for s in inst.reads()])
         writes = tuple([(_slot_id(slot_ids, s), s.region, s) for s in inst.writes()])
-        steps.append((cost, waits, signals, reads, writes, inst))
+        steps.append((cost, waits, signals, reads, writes, inst, transfer))
     return steps
 
 

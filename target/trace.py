@@ -12,7 +12,13 @@ if TYPE_CHECKING:
     from tvm_convadd.target.isa import Program
     from tvm_convadd.target.simulator import SimResult
 
-UNIT_COLORS = {"load": "#8c9bb0", "conv": "#2f6db5", "add": "#e07b24", "store": "#5c8f4a"}
+UNIT_COLORS = {
+    "load": "#8c9bb0",
+    "vload": "#b39ddb",
+    "conv": "#2f6db5",
+    "add": "#e07b24",
+    "store": "#5c8f4a",
+}
 
 
 def chrome_trace(result: SimResult, program: Program | None = None) -> dict:

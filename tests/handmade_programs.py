@@ -97,12 +97,15 @@ def tiled_convadd_program(shape: ConvAddShape, tiles: int, slots: int = 2) -> Pr
         buffers["res"] = BufferDecl(out_tile, slots)
     weight = Slot("wgt", 0, _full(buffers["wgt"].shape))
     load = [Load(dst=weight, src=Dram("weight", weight.region))]
+    vload = []  # the epilogue's operands come in on their own queue
     vectors = {}  # tensor name -> its on-chip slot, loaded once
     for name in ("scale", "bias"):
         if name in shapes:
             buffers[name] = BufferDecl(shapes[name], 1)
             vectors[name] = Slot(name, 0, _full(shapes[name]))
-            load.append(Load(dst=vectors[name], src=Dram(name, vectors[name].region)))
+            vload.append(Load(dst=vectors[name], src=Dram(name, vectors[name].region)))
+    if vload:  # the first ADD waits for the vectors (later ones, transitively, too)
+        vload[-1] = replace(vload[-1], signal=("add",))
     conv, add, store = [], [], []
     for tile, (row, rows) in enumerate(bounds):
         slot = tile % slots
@@ -126,7 +129,7 @@ def tiled_convadd_program(shape: ConvAddShape, tiles: int, slots: int = 2) -> Pr
         )
         if s.residual:
             residual = Dram("residual", dram_out)
-            load.append(Load(dst=res, src=residual, wait=("add",) * reused, signal=("add",)))
+            vload.append(Load(dst=res, src=residual, wait=("add",) * reused, signal=("add",)))
         conv.append(
             Conv(
                 inp=inp,
@@ -143,20 +146,27 @@ def tiled_convadd_program(shape: ConvAddShape, tiles: int, slots: int = 2) -> Pr
         ops += [AluOp("add", "tensor", res)] if s.residual else []
         ops += [AluOp("max", "const", value=0.0)] if s.relu else []
         ops += [AluOp("min", "const", value=s.clip)] if s.clip is not None else []
-        load_token = ("load",) * s.residual  # the residual tile is the add's only per-tile load
+        load_token = ("vload",) * s.residual  # the residual tile is the add's only per-tile load
+        vectors_token = ("vload",) * (tile == 0 and bool(vectors))
         add.append(
             Add(
                 acc=acc,
                 out=out,
                 ops=tuple(ops),
-                wait=("conv", *load_token) + ("store",) * reused,
+                wait=("conv", *vectors_token, *load_token) + ("store",) * reused,
                 signal=("conv", *load_token) * freed + ("store",),
             )
         )
         store.append(
             Store(src=out, dst=Dram("output", dram_out), wait=("add",), signal=("add",) * freed)
         )
-    streams = {"load": tuple(load), "conv": tuple(conv), "add": tuple(add), "store": tuple(store)}
+    streams = {
+        "load": tuple(load),
+        "vload": tuple(vload),
+        "conv": tuple(conv),
+        "add": tuple(add),
+        "store": tuple(store),
+    }
     meta = {"shape": repr(shape), "tiles": count, "slots": slots}
     return Program(streams, buffers, shapes, meta=meta)
 

@@ -337,7 +337,7 @@ def test_a_stage_that_claims_another_unit():
 
 def test_a_load_that_fills_no_known_buffer():
     mod = mutate('"convadd.buffer": "res"', '"convadd.buffer": "res_1"')
-    rejects(mod, "fills 'res_1': a load stage fills one of ['inp', 'wgt'], res, bias, scale")
+    rejects(mod, "fills 'res_1': a vload stage fills res, bias, scale (res_2, ...)")
 
 
 def test_a_schedule_of_another_workload_than_claimed():

@@ -53,9 +53,9 @@ def test_listing_shows_opcodes_operands_and_flags():
     assert "groups=" not in listing  # groups 1 goes unsaid
     assert (
         "ADD   out[1][0:1, 0:16, 0:3, 0:8] = max(acc[1][0:1, 0:16, 0:3, 0:8] + "
-        "bias[0][0:1, 0:16, 0:1, 0:1] + res[1][0:1, 0:16, 0:3, 0:8], 0)  ; wait(conv,load)"
+        "bias[0][0:1, 0:16, 0:1, 0:1] + res[1][0:1, 0:16, 0:3, 0:8], 0)  ; wait(conv,vload)"
     ) in listing
-    assert "signal(conv,load,store)" in listing
+    assert "signal(conv,vload,store)" in listing
     assert "acc[1]" in listing and ".buffer acc slots=2" in listing
     # the window's padding row and columns are zeros around the part inside the tensor
     assert "src=data[0:1, 0:16, 0:6, 0:16], pad=[0+0, 0+0, 1+0, 1+1]" in listing

@@ -354,7 +354,8 @@ def test_grid_order_decides_which_operand_is_reloaded():
 
 
 def loads_of(program: Program, buffer: str) -> list[Load]:
-    return [i for i in program.streams["load"] if i.dst.buffer == buffer]
+    loads = program.streams["load"] + program.streams["vload"]
+    return [i for i in loads if i.dst.buffer == buffer]
 
 
 @pytest.mark.parametrize(

@@ -58,7 +58,7 @@ def test_program_adds_operands_and_tokens(run):
     assert conv["args"]["acc"].startswith("acc[0][") and conv["args"]["stride"] == [1, 1]
     assert conv["args"]["groups"] == 1
     add = next(e for e in spans if e["args"]["opcode"] == "ADD")
-    assert add["args"]["wait"] == ["conv", "load"]
+    assert add["args"]["wait"] == ["conv", "vload", "vload"]  # the bias, then the residual
     region = "[0:1, 0:16, 0:4, 0:16]"
     assert add["args"]["expression"] == (
         f"out[0]{region} = max(acc[0]{region} + bias[0][0:1, 0:16, 0:1, 0:1] + res[0]{region}, 0)"

@@ -180,7 +180,10 @@ def _loads(outer: int, inner: int, slots: int, on_outer: bool, on_inner: bool) -
 
 
 def estimate(workload: Workload, config: TileConfig, hardware: HardwareConfig) -> Estimate:
-    """Predicted cycles of `config`: the first tile's trip, then the busiest unit's rest."""
+    """Predicted cycles of `config`: the first tile's trip, then the busiest unit's rest.
+
+    Conv operands (input, weights) come in on the load queue, the epilogue's on vload; every
+    transfer's bytes also pass the one DRAM channel, whose busy cycles bound the layer too."""
     grid = _grid(workload, config)
     axis = config.axis if config.axis != "channel" else "height"
     spatial_tiled = config.axis != "channel"
@@ -202,8 +205,9 @@ def estimate(workload: Workload, config: TileConfig, hardware: HardwareConfig) -
         for c in set(grid.channel)
     }
     first = cost(grid.spatial[0], grid.channel[0])
-    once = sum(first.loads[name] for name in once_names)  # all channels: one channel tile
-    busy = {"conv": 0, "add": 0, "store": 0, "load": once}
+    once = {q: sum(first.loads[n] for n in once_names if _queue(n) == q) for q in QUEUES}
+    busy = {"load": once["load"], "vload": once["vload"], "conv": 0, "add": 0, "store": 0}
+    transfers = len(once_names) + tiles  # DMA instructions: once-loads, per-tile loads, stores
     mean = {}
     for name in first.loads:
         if name in once_names:
@@ -216,38 +220,62 @@ def estimate(workload: Workload, config: TileConfig, hardware: HardwareConfig) -
         count = _loads(outer, inner, slots, on_outer, on_inner)
         total = sum(n * cost(r, c).loads[name] for (r, c), n in shapes.items())
         mean[name] = total / tiles
-        busy["load"] += round(count * mean[name])
+        busy[_queue(name)] += round(count * mean[name])
+        transfers += count
     for (rows, channels), n in shapes.items():
         tile = cost(rows, channels)
         busy["conv"] += n * tile.conv
         busy["add"] += n * tile.add
         busy["store"] += n * tile.store
-    first_load = sum(first.loads[n] for n in mean)
-    conv_operands = sum(first.loads[n] for n in ("inp", "wgt") if n in mean)
-    once_bytes_names = [n for n in once_names if n != "inp"]
-    # the first tile: its loads, conv, add, store; software pipelining issues the epilogue's
-    # loads after the conv's, so they run under the first conv
-    overlap = min(first.conv, first_load - conv_operands) if config.pipeline == "software" else 0
-    fill = once + first_load + first.conv + first.add + first.store - overlap
-    rest = {
-        "load": busy["load"] - once - first_load,
-        "conv": busy["conv"] - first.conv,
-        "add": busy["add"] - first.add,
-        "store": busy["store"] - first.store,
+    setup = hardware.dma_setup_cycles
+    dma = busy["load"] + busy["vload"] + busy["store"]
+    busy["dram"] = max(dma - transfers * setup, 0) if hardware.dma_bytes_per_cycle else 0
+    first_loads = {q: sum(first.loads[n] for n in mean if _queue(n) == q) for q in QUEUES}
+    # the first tile: conv operands then its conv on one side, the epilogue's operands on the
+    # other queue meanwhile, then its add and store
+    conv_ready = once["load"] + first_loads["load"] + first.conv
+    add_ready = max(conv_ready, once["vload"] + first_loads["vload"])
+    fill = add_ready + first.add + first.store
+    firsts = {
+        "load": once["load"] + first_loads["load"],
+        "vload": once["vload"] + first_loads["vload"],
+        "conv": first.conv,
+        "add": first.add,
+        "store": first.store,
     }
-    rest = {unit: max(value, 0) for unit, value in rest.items()}
+    rest = {unit: max(busy[unit] - firsts[unit], 0) for unit in firsts}
     if config.pipeline == "none":
-        # one slot per buffer: load(i+1) waits for add(i) to free the residual, conv(i+1) for
-        # that load: Add, Load and Conv run back to back
-        steady = max(rest["conv"] + rest["add"] + rest["load"], rest["add"] + rest["store"])
+        # one slot per buffer: conv(i+1) overwrites the acc add(i) reads, and add(i+1) the out
+        # store(i) reads
+        # (and the residual add(i) reads): conv and add alternate, and after each add the
+        # next residual and this output cross the one DRAM channel in turn
+        epilogue_dma = rest["store"] + rest["vload"] - setup * (tiles - 1)
+        steady = max(
+            rest["conv"] + max(rest["add"], rest["load"]),
+            rest["add"] + (epilogue_dma if hardware.dma_bytes_per_cycle else rest["store"]),
+        )
     else:
         steady = max(rest.values())
     if config.pipeline == "vthread" and tiles > 1:  # a tile pair's loads precede its convs
-        fill += first_load
+        fill += first_loads["load"]
+    once_bytes_names = [n for n in once_names if n != "inp"]
     once_bytes = sum(_bytes(workload, name, grid.channel[0]) for name in once_bytes_names)
     buffer_bytes = first.tile_bytes * slots + once_bytes * (1 - slots)
     last = cost(grid.spatial[-1], grid.channel[-1])
-    return Estimate(config, tiles, first, last, once, fill + steady, buffer_bytes, busy)
+    # the channel's own bound: the first setup, every byte, then the last tile's add and the
+    # setup of its store, which nothing can overlap
+    last_add = cost(grid.spatial[-1], grid.channel[-1]).add
+    channel = 2 * setup + busy["dram"] + last_add if hardware.dma_bytes_per_cycle else 0
+    cycles = max(fill + steady, channel)
+    return Estimate(config, tiles, first, last, sum(once.values()), cycles, buffer_bytes, busy)
+
+
+QUEUES = ("load", "vload")  # the read queues: conv operands, epilogue operands
+
+
+def _queue(operand: str) -> str:
+    """The read queue of an operand: inp and wgt on load, the epilogue's on vload."""
+    return "load" if operand in ("inp", "wgt") else "vload"
 
 
 def _bytes(workload: Workload, name: str, channels: int) -> int:
@@ -278,7 +306,7 @@ def features(workload: Workload, config: TileConfig, hardware: HardwareConfig) -
         log(est.full.period),
         log(est.once),
         log(est.buffer_bytes),
-        *(log(est.busy[unit]) for unit in ("load", "conv", "add", "store")),
+        *(log(est.busy[unit]) for unit in ("load", "vload", "conv", "add", "store", "dram")),
         log(est.cycles),
     )
 
@@ -293,8 +321,8 @@ def footprint(workload: Workload, config: TileConfig) -> dict[str, int]:
     """Bytes per buffer pool that the lowered program allocates, all slots: a lower bound,
     exact but for the input of a ragged strided tiling, which TVM's buffer compaction
     over-allocates. Slots as the schedule gets them: a per-tile buffer crossing a pipeline
-    stage has two (three for a per-channel vector, read two stages later); `out` has its own
-    copy only per virtual thread; what loads once has one."""
+    stage has two (three for a per-channel vector, read two stages later), `out` included
+    (its store is a stage of its own); what loads once has one."""
     grid = _grid(workload, config)
     rows, channels = grid.spatial[0], grid.channel[0]
     batch, _, out_h, out_w = workload.out_shape
@@ -321,7 +349,7 @@ def footprint(workload: Workload, config: TileConfig) -> dict[str, int]:
         * elem,
         "acc": tile * out_tile * elem,
         "res": tensors * tile * out_tile * elem,
-        "out": (2 if config.pipeline == "vthread" else 1) * out_tile * elem,
+        "out": tile * out_tile * elem,
         "bias": vectors * vector_slots * channels * elem,
     }
 
