@@ -89,7 +89,7 @@ def measure(name: str, image_size: int, target: str, check: bool) -> dict:
 def summary_table(results: list[dict]) -> str:
     header = (
         f"{'network':<16} {'convs':>9} {'fused':>10} {'unfused':>10} {'per-op':>10} "
-        f"{'bound':>10} {'unit':<5} {'f/bound':>7} {'f/unf':>6} {'f/per-op':>8} {'wins':>7} "
+        f"{'bound':>10} {'unit':<10} {'f/bound':>7} {'f/unf':>6} {'f/per-op':>8} {'wins':>7} "
         f"{'A+B ideal':>10} {'f/(A+B)':>7} {'build+run s':>11} {'unfused s':>9} {'rel. err':>8}"
     )
     lines = [header, "-" * len(header)]
@@ -100,7 +100,7 @@ def summary_table(results: list[dict]) -> str:
         lines.append(
             f"{r['name']:<16} {summary.offloaded:>4}/{summary.convs:<4} {fused:>10} "
             f"{rep.unfused_cycles:>10} {rep.unfused_per_op_cycles:>10} {rep.bound_cycles:>10} "
-            f"{rep.bound_unit:<5} {fused / rep.bound_cycles:>7.3f} "
+            f"{rep.bound_unit:<10} {fused / rep.bound_cycles:>7.3f} "
             f"{fused / rep.unfused_cycles:>6.3f} {fused / rep.unfused_per_op_cycles:>8.3f} "
             f"{rep.fused_wins:>3}/{len(rep.layers):<3} {rep.ideal_serial_cycles:>10} "
             f"{fused / rep.ideal_serial_cycles:>7.3f} {r['compile_run']:>11.1f} "

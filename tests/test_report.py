@@ -24,7 +24,7 @@ from tvm_convadd.codegen import (
 from tvm_convadd.report import NetworkReport, layer_report, network_report, overlap_cycles
 from tvm_convadd.schedules.tile_config import TileConfig
 from tvm_convadd.schedules.workload import Workload, standard_epilogue
-from tvm_convadd.target.hardware import load_config
+from tvm_convadd.target.hardware import HardwareConfig, load_config
 from tvm_convadd.target.isa import UNITS, Program
 from tvm_convadd.target.lower import lower_to_program
 from tvm_convadd.target.simulator import Event, SimResult, UnitStats, simulate
@@ -466,10 +466,21 @@ def test_a_simulated_layer_on_the_ideal_machine_meets_the_law(config):
     assert (report.bound_cycles, report.bound_unit) == (a, "conv")
 
 
-def test_a_simulated_layers_bound_is_the_simulators():
-    """On the default machine (DMA busy, the DRAM channel shared): the report's bound is
-    SimResult.bound_cycles, and the DRAM channel is one of the resources."""
+def one_read_engine(hardware: HardwareConfig) -> HardwareConfig:
+    """`hardware` with its two read queues (load, vload) on one DMA engine."""
+    data = hardware.to_dict()
+    data["name"] = f"{hardware.name}-one-read-engine"
+    data["dma_queues"] = [["load", "vload"], ["store"]]
+    return HardwareConfig.from_dict(data)
+
+
+@pytest.mark.parametrize("shared_engine", [False, True], ids=["split-queues", "one-read-engine"])
+def test_a_simulated_layers_bound_is_the_simulators(shared_engine):
+    """On the default machine (DMA busy, the DRAM channel shared), and with its read queues on
+    one engine: the report's bound is SimResult.bound_cycles, the DRAM channel and a shared
+    engine among the resources."""
     hardware = load_config("default")
+    hardware = one_read_engine(hardware) if shared_engine else hardware
     config = TileConfig(2, "height", "software")
     result = simulate(lower_to_program(WORKLOAD, config, hardware), hardware, functional=False)
     report = layer_report(run(result, config=config))
@@ -478,6 +489,16 @@ def test_a_simulated_layers_bound_is_the_simulators():
     assert {unit: report.busy[unit] for unit in UNITS} == {
         unit: stats.busy_cycles for unit, stats in result.units.items()
     }
+    if shared_engine:
+        assert report.busy["load+vload"] == report.busy["load"] + report.busy["vload"]
+
+
+def test_a_shared_engine_can_be_the_bound():
+    """load 12 and vload 10 on one engine: 22 > conv 20, though each queue alone is below."""
+    result = sim(("load", 0, 12), ("vload", 12, 22), ("conv", 2, 22))
+    result = replace(result, engine_busy_cycles={"load+vload": 22})
+    report = layer_report(run(result, n_tiles=1))
+    assert (report.bound_cycles, report.bound_unit) == (22, "load+vload")
 
 
 def test_network_report_computes_the_baseline_once_per_workload():

@@ -20,7 +20,7 @@ from tvm_convadd.target.elementwise import (
     tile_regions,
 )
 from tvm_convadd.target.hardware import HardwareConfig, list_configs, load_config
-from tvm_convadd.target.isa import Program
+from tvm_convadd.target.isa import UNITS, Program
 from tvm_convadd.target.lower import lower_to_program
 from tvm_convadd.target.simulator import overflowing, simulate
 from tvm_convadd.unfused import unfused_baseline
@@ -99,6 +99,9 @@ def test_elementwise_kernel_pipelines_and_needs_its_tokens():
     shape = (1, 16, 8, 8)
     ops = parse_epilogue("bias+residual+relu")
     program = elementwise_program(shape, ops, ElementwiseTiling(2, 8))
+    operand_queue = "vload" if "vload" in UNITS else "load"
+    assert {inst.src.tensor for inst in program.streams["load"]} >= {"x"}
+    assert {inst.src.tensor for inst in program.streams[operand_queue]} >= {"residual", "bias"}
     result = simulate(program, HARDWARE, functional=False)
     serial = sum(stats.busy_cycles for stats in result.units.values())
     assert result.total_cycles < serial

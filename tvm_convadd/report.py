@@ -22,11 +22,13 @@ if TYPE_CHECKING:
 
 
 def resource_busy(result: SimResult) -> dict[str, int]:
-    """Busy cycles of every unit and of the shared DRAM channel ("dram"): the resources a bound
-    is the busiest of."""
+    """Busy cycles of every unit, of the shared DRAM channel ("dram") and of each DMA engine
+    that several queues share ("load+vload"): the resources `SimResult.bound_cycles` is the
+    busiest of."""
     return {
         **{unit: result.units[unit].busy_cycles for unit in UNITS},
         "dram": result.dram_busy_cycles,
+        **result.engine_busy_cycles,
     }
 
 
@@ -34,8 +36,8 @@ def resource_busy(result: SimResult) -> dict[str, int]:
 class LayerReport:
     """One offloaded conv + epilogue. A and B are the Conv and Add units' busy cycles: A + B is
     the ideal machine's conv-then-epilogue (DMA free), A + B/N the seed's law for N tiles.
-    The bound is the busiest resource's busy cycles (`SimResult.bound_cycles`: a unit or the
-    DRAM channel); `baseline` the unfused kernels, when the report was asked for them."""
+    The bound is the busiest resource's busy cycles (`SimResult.bound_cycles`: a unit, the
+    DRAM channel or a shared DMA engine); `baseline` the unfused kernels, when asked for."""
 
     symbol: str
     shape: str
@@ -99,7 +101,7 @@ def _cycles(value: int | None) -> str:
 
 _COLUMNS = (
     f"{'#':>3} {'layer':<60} {'tiles':<44} {'unfused':>9} {'per-op':>9} {'fused':>9} "
-    f"{'f/unf':>6} {'bound':>9} {'unit':<5} {'f/bound':>7} | {'A conv':>9} {'B add':>8} "
+    f"{'f/unf':>6} {'bound':>9} {'unit':<10} {'f/bound':>7} | {'A conv':>9} {'B add':>8} "
     f"{'A+B ideal':>10} {'A+B/N ideal':>12} {'hidden':>6}"
 )
 _LEGEND = (
@@ -114,7 +116,7 @@ def _row(index: str, name: str, tiles: str, figures: dict) -> str:
     return (
         f"{index:>3} {name:<60} {tiles:<44} {_cycles(f['unfused']):>9} "
         f"{_cycles(f['per_op']):>9} {f['fused']:>9} {_ratio(f['fused'], f['unfused']):>6} "
-        f"{f['bound']:>9} {f['unit']:<5} {_ratio(f['fused'], f['bound']):>7} | "
+        f"{f['bound']:>9} {f['unit']:<10} {_ratio(f['fused'], f['bound']):>7} | "
         f"{f['conv']:>9} {f['add']:>8} {f['conv'] + f['add']:>10} {f['law']:>12.0f} "
         f"{f['hidden']:>6.0%}"
     )
