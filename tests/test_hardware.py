@@ -21,7 +21,7 @@ from tvm_convadd.target.hardware import (
 )
 from tvm_convadd.target.isa import ALU_OPS, Add, AluOp, Conv, Load, Slot, Store, region_size
 
-SHIPPED = ["big_array", "default", "ideal", "output_stationary", "slow_add"]
+SHIPPED = ["big_array", "default", "ideal", "output_stationary", "single_queue", "slow_add"]
 
 
 @pytest.fixture
@@ -43,6 +43,9 @@ def test_shipped_configs_load_and_are_named_after_their_file():
 def test_variants_differ_from_default_in_one_knob(default):
     slow, big = load_config("slow_add"), load_config("big_array")
     output_stationary = load_config("output_stationary")
+    single = load_config("single_queue")
+    assert default.dma_queues == (("load",), ("vload",), ("store",))
+    assert single.dma_queues == (("load", "vload"), ("store",))
     assert (default.array_rows, default.array_cols, default.dataflow) == (16, 16, "ws")
     assert slow.add_lanes * 4 == default.add_lanes
     assert big.macs_per_cycle == 32 * 32 == 4 * default.macs_per_cycle
@@ -51,8 +54,9 @@ def test_variants_differ_from_default_in_one_knob(default):
         (slow, ("add_lanes",)),
         (big, ("array_rows", "array_cols")),
         (output_stationary, ("dataflow",)),
+        (single, ("dma_queues",)),
     ):
-        expected = {**default.to_dict(), **{knob: getattr(variant, knob) for knob in knobs}}
+        expected = {**default.to_dict(), **{knob: variant.to_dict()[knob] for knob in knobs}}
         assert {**variant.to_dict(), "name": "default", "description": ""} == {
             **expected,
             "description": "",
@@ -427,3 +431,38 @@ def test_default_is_a_plausible_edge_accelerator(default):
         first[2] ** 2, first[0], first[1]
     )
     assert 0.10 <= ratio <= 0.40
+
+
+@pytest.mark.parametrize(
+    ("queues", "message"),
+    [
+        (
+            [["load"], ["store"]],
+            r"must name each DMA unit \['load', 'vload', 'store'\] exactly once",
+        ),
+        ([["load", "vload"], ["vload"], ["store"]], r"exactly once"),
+        ([["load"], ["vload"], ["store"], ["conv"]], r"exactly once"),
+        ([["load"], [], ["vload", "store"]], r"must be a list of non-empty lists of units"),
+        ("load", r"must be a list of non-empty lists"),
+    ],
+)
+def test_dma_queues_must_partition_the_dma_units(default, queues, message):
+    with pytest.raises(HardwareConfigError, match=message) as info:
+        HardwareConfig.from_dict({**default.to_dict(), "dma_queues": queues}, "x.json")
+    assert "\n" not in str(info.value)
+
+
+def test_a_config_without_dma_queues_gets_the_split_queues(default):
+    data = default.to_dict()
+    del data["dma_queues"]
+    assert HardwareConfig.from_dict(data).dma_queues == (("load",), ("vload",), ("store",))
+
+
+def test_a_transfer_is_setup_then_channel_time(default):
+    """64 latency + 4 issue hold the queue; 4096 B at 32 B/cycle plus one burst's 4 cycles hold
+    the DRAM channel; alone on the channel, the two add up to the DMA cost."""
+    assert default.dma_setup_cycles == 64 + 4
+    assert default.dma_transfer_cycles(4096, runs=1) == 4096 // 32 + 4
+    assert default.dma_cycles(4096, 1) == 68 + 132
+    ideal = load_config("ideal")
+    assert ideal.dma_transfer_cycles(1 << 20, runs=9) == 0

@@ -21,6 +21,7 @@ TAGS = {
     "convadd-sim-big-array": "big_array",
     "convadd-sim-ideal": "ideal",
     "convadd-sim-output-stationary": "output_stationary",
+    "convadd-sim-single-queue": "single_queue",
 }
 
 

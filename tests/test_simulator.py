@@ -756,3 +756,75 @@ def test_every_alu_src_is_hazard_checked(ideal):
     )
     with pytest.raises(HazardError, match=r"read of bias\[0\] by ADD add#0 before anything"):
         simulate(unloaded, ideal, functional=False)
+
+
+# -- the DMA: one DRAM channel shared by every queue ----------------------------------------
+
+
+def _two_transfers(hardware: HardwareConfig) -> tuple[Program, int]:
+    """Two independent LOADs on the two read queues (input on load, residual on vload)."""
+    shape = (1, 16, 16, 16)
+    full = _full(shape)
+    buffers = {"inp": BufferDecl(shape, 1), "res": BufferDecl(shape, 1)}
+    tensors = {"data": shape, "residual": shape}
+    streams = {
+        "load": (Load(dst=Slot("inp", 0, full), src=Dram("data", full)),),
+        "vload": (Load(dst=Slot("res", 0, full), src=Dram("residual", full)),),
+    }
+    nbytes = 16 * 16 * 16 * 4
+    return Program(streams, buffers, tensors), hardware.dma_transfer_cycles(nbytes, 1)
+
+
+def test_concurrent_transfers_share_the_dram_channel(default):
+    """Two queues overlap their setup but not their bytes: the second transfer waits for the
+    channel, so the pair takes setup + both transfers, not setup + one."""
+    program, transfer = _two_transfers(default)
+    result = simulate(program, default, functional=False)
+    setup = default.dma_setup_cycles
+    assert result.total_cycles == setup + 2 * transfer
+    assert result.dram_busy_cycles == 2 * transfer
+    assert result.bound_cycles == 2 * transfer and result.bound_resource == "dram"
+    single = simulate(program, load_config("single_queue"), functional=False)
+    assert single.total_cycles == 2 * (setup + transfer)  # one engine: setups do not overlap
+    starts = sorted(e.start for e in result.events)
+    assert starts == [0, 0]  # both queues start at once: only the channel serializes them
+
+
+def test_an_unlimited_channel_serializes_nothing():
+    ideal = load_config("ideal")
+    program, transfer = _two_transfers(ideal)
+    result = simulate(program, ideal, functional=False)
+    assert transfer == 0 and result.total_cycles == 0 and result.dram_busy_cycles == 0
+
+
+def test_queues_of_one_engine_run_one_transfer_at_a_time(default):
+    """On the single-queue machine load and vload share an engine: a residual LOAD cannot
+    start its setup while the weights' LOAD is in flight."""
+    single = load_config("single_queue")
+    program = tiled_convadd_program(SHAPES[0], tiles=2)
+    split_run = simulate(program, default, functional=False)
+    single_run = simulate(program, single, functional=False)
+    assert single_run.engine_busy_cycles == {
+        "load+vload": split_run.units["load"].busy_cycles + split_run.units["vload"].busy_cycles
+    }
+    read = sorted((e.start, e.end) for e in single_run.events if e.unit in ("load", "vload"))
+    assert all(a_end <= b_start for (_, a_end), (b_start, _) in itertools.pairwise(read))
+    overlapping = sorted((e.start, e.end) for e in split_run.events if e.unit in ("load", "vload"))
+    assert any(b_start < a_end for (_, a_end), (b_start, _) in itertools.pairwise(overlapping))
+    assert split_run.total_cycles <= single_run.total_cycles
+
+
+def test_channel_order_is_first_come_first_served(default):
+    """Whatever order the streams are declared in, the transfer that is ready first gets the
+    channel first: the instruction order is by start time, not by unit."""
+    program = tiled_convadd_program(SHAPES[1], tiles=3)
+    result = simulate(program, default, functional=False)
+    dma = sorted((e for e in result.events if e.unit in DMA_UNITS), key=lambda e: (e.start, e.end))
+    ends = [e.end for e in dma]
+    # served in start order, each holding the channel for its transfer: ends never go back
+    assert ends == sorted(ends)
+    assert result.dram_busy_cycles == sum(
+        default.transfer_cycles(inst, program)
+        for unit in DMA_UNITS
+        for inst in program.streams[unit]
+    )
