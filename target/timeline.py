@@ -4,17 +4,21 @@ Each offloaded call (one fused conv + epilogue, one Program) is enqueued after t
 it: `compose` concatenates the calls' unit streams into one Program, each call's buffers
 renamed (`L3.wgt`), its own tokens kept, and adds the cross-layer tokens a real runtime needs:
 
-- DRAM: a LOAD of a tensor an earlier call STOREd waits for that STORE; a LOAD of a tensor the
-  host wrote (a pool, a CPU op) waits for all earlier accelerator work, because the host had
-  to sync before it could compute it; a STORE over storage an earlier call still reads or
-  writes (the VM reuses memory) waits for those accesses.
-- capacity: a call's first write into a buffer pool waits for the last access of the earliest
-  calls whose buffers in that pool would not fit beside its own. Weights thus get two slots
-  across layers when two layers' weights fit the pool, and wait otherwise.
+- DRAM: a LOAD of a tensor an earlier call STOREd waits for the STOREs of the region it reads;
+  a LOAD of a tensor the host wrote (a pool, a CPU op) waits for all accelerator work before
+  the first call that read it, because the host had to sync before it could compute it; a
+  STORE over storage an earlier call still reads or writes (the VM reuses memory) waits for
+  those accesses.
+- capacity: a call's first write into a buffer pool waits for the last access of that pool by
+  the latest earlier call whose buffers would not fit beside its own. Weights thus get two
+  slots across layers when two layers' weights fit the pool, and wait otherwise.
+- queue order: each call's LOADs of constants that wait for nothing (its first weights, its
+  biases) move to the front of their queue, since an in-order queue would hold them behind
+  an input LOAD that waits for the previous layer.
 
-Everything else of the next layer (its weights, biases) starts while this layer computes. The
-simulator's hazard checker runs on the combined program, and `check_timeline` proves what
-the renamed buffers hide from it: every pool's live bytes stay within the pool, and every
+So the next layer's weights and biases load while this layer computes. The simulator's hazard
+checker runs on the combined program, and `check_timeline` proves from the events what the
+renamed buffers hide from it: every pool's live bytes stay within the pool, and every
 cross-layer DRAM access is ordered after the write it depends on.
 """
 
@@ -168,8 +172,10 @@ def compose(
         _check_call(call, hardware)
     producers = _producers(calls)
     tensor_names = _tensor_names(calls, producers)
+    room = _room_waits(calls, hardware)
     calls = [
-        _prefetch_first(call, set(producers[k]) | call.host_inputs) for k, call in enumerate(calls)
+        _prefetch_first(call, set(producers[k]) | call.host_inputs, set(room[k]))
+        for k, call in enumerate(calls)
     ]
     offsets = _offsets(calls)
     buffer_names = [
@@ -193,7 +199,7 @@ def compose(
         ]
     edges += _dram_edges(calls, offsets, producers)
     if _capacity_waits:
-        edges += _capacity_edges(calls, offsets, hardware)
+        edges += _capacity_edges(calls, offsets, room)
     program = Program(
         _with_tokens(streams, edges),
         {
@@ -351,22 +357,37 @@ def _token_edges(call: LayerCall) -> list[Edge]:
     return edges
 
 
-def _prefetch_first(call: LayerCall, dependent: set[str]) -> LayerCall:
-    """`call` with each LOAD that waits for nothing and reads no `dependent` tensor (an earlier
-    call's output, the host's) moved to the front of its queue: the units run in order, so a
-    weight load behind an input load that waits for the previous layer could not prefetch.
-    Such a LOAD needs nothing, so moving it cannot deadlock. A token it signalled also stood
-    for the instructions before it on its unit: that token now comes from the last of those."""
+def _prefetch_first(call: LayerCall, dependent: set[str], full: set[str]) -> LayerCall:
+    """`call` with the LOADs its first tile needs moved to the front of their queue, if they
+    read no `dependent` tensor (an earlier call's output, the host's) and fill no `full` pool
+    (where the call waits for room): the units run in order, so the first weights behind an
+    input LOAD that waits for the previous layer could not prefetch.
+
+    A LOAD moves only from the part of its queue before the first instruction that waits:
+    nothing orders it after an access on another unit (a later weight LOAD into a reused slot
+    is ordered by the wait of the input LOAD before it), so moving it cannot deadlock nor
+    overwrite data still to be read. Only what the first instruction of each unit reads moves
+    (its weights, biases): that instruction needs it anyway, so the layer's own pipeline keeps
+    its order. A token a moved LOAD signalled also stood for the instructions before it on its
+    unit: that token now comes from the last of those."""
+    first_reads = [
+        slot for stream in call.program.streams.values() if stream for slot in stream[0].reads()
+    ]
     edges = _token_edges(call)
-    waiting = {(dst, c) for _, _, dst, c in edges}
     streams, moved, stood_for = {}, {}, {}
     for unit, stream in call.program.streams.items():
-        free = [
-            i
-            for i, inst in enumerate(stream)
-            if isinstance(inst, Load) and inst.src.tensor not in dependent
-            if (unit, i) not in waiting
-        ]
+        free, jumped = [], []
+        for i, inst in enumerate(stream):
+            if inst.wait:
+                break
+            movable = isinstance(inst, Load) and inst.src.tensor not in dependent
+            movable = movable and buffer_pool(inst.dst.buffer) not in full
+            movable = movable and any(_same_data(inst.dst, s) for s in first_reads)
+            movable = movable and not any(_same_data(inst.dst, w) for j in jumped for w in j)
+            if movable:
+                free.append(i)
+            else:
+                jumped.append(inst.writes())
         hoisted = set(free)
         order = free + [i for i in range(len(stream)) if i not in hoisted]
         moved |= {(unit, old): new for new, old in enumerate(order)}
@@ -381,6 +402,12 @@ def _prefetch_first(call: LayerCall, dependent: set[str]) -> LayerCall:
     edges = [(src, moved[src, p], dst, moved[dst, c]) for src, p, dst, c in edges]
     program = dataclasses.replace(call.program, streams=_with_tokens(streams, edges))
     return dataclasses.replace(call, program=program)
+
+
+def _same_data(written: Slot, read: Slot) -> bool:
+    """A read of `read` sees what was written to `written`."""
+    same_slot = (written.buffer, written.slot) == (read.buffer, read.slot)
+    return same_slot and _overlaps(written.region, read.region)
 
 
 def _positions(call: LayerCall, offset: dict[str, int], matches) -> dict[str, list[int]]:
@@ -509,24 +536,38 @@ def _pool_accesses(call: LayerCall, offset: dict[str, int]) -> dict[str, tuple[d
     return found
 
 
-def _capacity_edges(
-    calls: Sequence[LayerCall], offsets: tuple[dict[str, int], ...], hardware: HardwareConfig
-) -> list[Edge]:
-    """Per pool, a call's first writes wait for the last access of that pool by the latest
-    call that does not fit beside it (and every call before): calls live at once in a pool
-    then always fit."""
+def _room_waits(calls: Sequence[LayerCall], hardware: HardwareConfig) -> list[dict[str, int]]:
+    """Per call, per pool it must wait in: the latest earlier call that does not fit beside it
+    (with the calls between) in that pool."""
     pools = [_pool_bytes(call.program) for call in calls]
-    accesses = [_pool_accesses(call, offsets[k]) for k, call in enumerate(calls)]
-    edges: list[Edge] = []
+    waits: list[dict[str, int]] = []
     for k in range(len(calls)):
+        found = {}
         for pool, need in pools[k].items():
             live, i = need, k - 1
             while i >= 0:
                 live += pools[i].get(pool, 0)
                 if live > hardware.pool_bytes(pool):
+                    found[pool] = i
                     break
                 i -= 1
-            if i < 0 or pool not in accesses[k]:
+        waits.append(found)
+    return waits
+
+
+def _capacity_edges(
+    calls: Sequence[LayerCall],
+    offsets: tuple[dict[str, int], ...],
+    room: list[dict[str, int]],
+) -> list[Edge]:
+    """Per pool, a call's first writes wait for the last access of that pool by the latest
+    call that does not fit beside it (and every call before): calls live at once in a pool
+    then always fit."""
+    accesses = [_pool_accesses(call, offsets[k]) for k, call in enumerate(calls)]
+    edges: list[Edge] = []
+    for k in range(len(calls)):
+        for pool, i in room[k].items():
+            if pool not in accesses[k]:
                 continue
             last: dict[str, list[int]] = {}
             for j in range(i + 1):  # later calls overwrite: each unit's last access up to i

@@ -14,8 +14,11 @@ import tvm_convadd
 from tests.handmade_programs import ConvAddShape, tiled_convadd_program
 from tvm_convadd.build import run_main
 from tvm_convadd.errors import BufferOverflowError, HazardError
+from tvm_convadd.schedules.tile_config import TileConfig
+from tvm_convadd.schedules.workload import BIAS, RELU, RESIDUAL, Workload
 from tvm_convadd.target.hardware import HardwareConfig, load_config
 from tvm_convadd.target.isa import Conv, Load, Store
+from tvm_convadd.target.lower import lower_to_program
 from tvm_convadd.target.simulator import simulate
 from tvm_convadd.target.timeline import (
     LayerCall,
@@ -109,14 +112,15 @@ def test_a_layer_whose_weights_do_not_fit_at_all_is_named():
         compose(chain(), small)
 
 
-def reference(shape: ConvAddShape, data, weight, bias) -> np.ndarray:
+def conv_bias(data, weight, bias) -> np.ndarray:
     """conv2d (stride 1, padding 1) + bias in float64, by explicit kernel taps."""
     padded = np.pad(data.astype(np.float64), ((0, 0), (0, 0), (1, 1), (1, 1)))
-    out = np.zeros(shape.output_shape)
-    for ry in range(shape.kernel):
-        for rx in range(shape.kernel):
-            window = padded[:, :, ry : ry + shape.out_height, rx : rx + shape.out_width]
-            out += np.einsum("nchw,kc->nkhw", window, weight[:, :, ry, rx])
+    _, _, height, width = data.shape
+    out = 0.0
+    for ry in range(weight.shape[2]):
+        for rx in range(weight.shape[3]):
+            window = padded[:, :, ry : ry + height, rx : rx + width]
+            out = out + np.einsum("nchw,kc->nkhw", window, weight[:, :, ry, rx])
     return out + bias
 
 
@@ -144,8 +148,8 @@ def test_dependent_layer_loads_its_input_after_the_store_and_computes_the_chain(
     result = simulate(comp.program, hardware, tensors, functional=True, check_buffers=False)
     check_timeline(comp, calls, result, hardware)
     assert second["data"] == first["output"]  # the value flows through DRAM
-    middle = reference(FIRST, given["data"], given["w1"], given["b1"])
-    want = reference(SECOND, middle, given["w2"], given["b2"])
+    middle = conv_bias(given["data"], given["w1"], given["b1"])
+    want = conv_bias(middle, given["w2"], given["b2"])
     got = result.outputs[second["output"]]
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
 
@@ -168,6 +172,50 @@ def region(comp, event):
 
 def overlaps(a, b) -> bool:
     return all(s1 < s2 + e2 and s2 < s1 + e1 for (s1, e1), (s2, e2) in zip(a, b))
+
+
+@pytest.mark.parametrize("order", ["spatial_outer", "channel_outer"])
+def test_lowered_grid_layers_compute_the_chain_on_one_timeline(order):
+    """Channel-tiled layers reload weights into reused slots: moving their first weights to the
+    front of the queue must not let a later weight tile overwrite a slot still to be read."""
+    first = Workload(1, 8, 12, 12, 16, 3, 3, padding=(1, 1, 1, 1), epilogue=(BIAS, RELU))
+    second = Workload(1, 16, 12, 12, 16, 3, 3, padding=(1, 1, 1, 1), epilogue=(BIAS, RESIDUAL))
+    config = TileConfig(2, "height", "software", channel_tiles=4, order=order)
+    programs = [lower_to_program(w, config) for w in (first, second)]
+    image, w1, b1, mid, w2, b2, out = (TensorRef(storage) for storage in range(7))
+    calls = [
+        LayerCall("conv1", programs[0], {"data": image, "weight": w1, "bias": b1}, {"output": mid}),
+        LayerCall(
+            "conv2",
+            programs[1],
+            {"data": mid, "weight": w2, "bias": b2, "residual": mid},
+            {"output": out},
+        ),
+    ]
+    hardware = load_config("default")
+    comp = compose(calls, hardware)
+    rng = np.random.default_rng(2)
+    values = {
+        ref: rng.standard_normal(shape) / 6
+        for ref, shape in (
+            (image, (1, 8, 12, 12)),
+            (w1, (16, 8, 3, 3)),
+            (b1, (1, 16, 1, 1)),
+            (w2, (16, 16, 3, 3)),
+            (b2, (1, 16, 1, 1)),
+            (mid, (1, 16, 12, 12)),  # zeros in DRAM until layer 1 stores it
+        )
+    }
+    values[mid] = np.zeros_like(values[mid])
+    tensors = {
+        comp.tensor_names[k][n]: values[r] for k, c in enumerate(calls) for n, r in c.reads.items()
+    }
+    result = simulate(comp.program, hardware, tensors, functional=True, check_buffers=False)
+    check_timeline(comp, calls, result, hardware)
+    middle = np.maximum(conv_bias(values[image], values[w1], values[b1]), 0)
+    want = conv_bias(middle, values[w2], values[b2]) + middle
+    got = result.outputs[comp.tensor_names[1]["output"]]
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
 
 
 def test_a_composition_that_does_not_wait_for_the_store_is_rejected():
@@ -218,6 +266,8 @@ def test_a_built_network_runs_on_one_timeline_between_the_bound_and_the_layer_su
     producers = timeline.composition.producers
     assert producers[1] == {"data": 0}  # conv2 reads conv1's output from DRAM
     assert producers[2] == {}  # conv3 reads the pool's output: the host wrote it
+    pooled = events(timeline.composition, timeline.result, 2, Load, "inp")[0]
+    assert pooled.start >= max(layer.end for layer in timeline.layers[:2])  # the host synced
     layer_sum = sum(run.result.total_cycles for run in runs)
     busy = {u: sum(run.result.units[u].busy_cycles for run in runs) for u in runs[0].result.units}
     bound = max([*busy.values(), sum(run.result.dram_busy_cycles for run in runs)])
