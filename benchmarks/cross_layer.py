@@ -42,6 +42,9 @@ def measure(name: str, image_size: int, target: str) -> tuple[NetworkTimeline, d
     runs = recorder.runs
     busy = {unit: sum(run.result.units[unit].busy_cycles for run in runs) for unit in UNITS}
     busy["dram"] = sum(run.result.dram_busy_cycles for run in runs)
+    for run in runs:  # a DMA engine several queues share is a resource too
+        for engine, cycles in run.result.engine_busy_cycles.items():
+            busy[engine] = busy.get(engine, 0) + cycles
     stats = {
         "layers": len(runs),
         "busy": busy,
@@ -57,14 +60,14 @@ def row(name: str, timeline: NetworkTimeline, stats: dict) -> str:
     bound, alone, joint = busy[unit], timeline.standalone_cycles, timeline.total_cycles
     return (
         f"{name:<13} {stats['layers']:>6} {alone / 1e6:>9.3f}M {joint / 1e6:>9.3f}M "
-        f"{bound / 1e6:>8.3f}M {unit:<5} {busy['dram'] / 1e6:>8.3f}M {joint / alone:>7.3f} "
+        f"{bound / 1e6:>8.3f}M {unit:<10} {busy['dram'] / 1e6:>8.3f}M {joint / alone:>7.3f} "
         f"{joint / bound:>7.3f} {alone / bound:>7.3f} {stats['timeline s']:>6.1f}s"
     )
 
 
 HEADER = (
     f"{'network':<13} {'layers':>6} {'sum alone':>10} {'timeline':>10} {'bound':>9} "
-    f"{'unit':<5} {'dram':>9} {'tl/sum':>7} {'tl/bnd':>7} {'sum/bnd':>7} {'time':>7}"
+    f"{'unit':<10} {'dram':>9} {'tl/sum':>7} {'tl/bnd':>7} {'sum/bnd':>7} {'time':>7}"
 )
 
 

@@ -135,7 +135,8 @@ class NetworkTimeline:
 
     @property
     def bound_cycles(self) -> int:
-        """The network bound: the busiest unit (or the DRAM channel) summed over all layers."""
+        """The network bound: the busiest unit (or shared DMA engine, or the DRAM channel),
+        its busy cycles summed over all layers."""
         return self.result.bound_cycles
 
     def table(self) -> str:
@@ -145,12 +146,10 @@ class NetworkTimeline:
                 f"{index:>3} {layer.name[:44]:<44} {layer.start:>10} {layer.end:>10} "
                 f"{layer.cycles:>9} {layer.standalone_cycles:>9}"
             )
-        busy = self.busy
-        unit = max(busy, key=busy.get) if busy else "-"
         rows.append(
             f"network: {self.total_cycles} cycles on one timeline, {self.standalone_cycles} "
             f"layer by layer ({self.total_cycles / max(1, self.standalone_cycles):.3f}x), bound "
-            f"{self.bound_cycles} (busiest unit {unit}; "
+            f"{self.bound_cycles} (busiest: {self.result.bound_resource}; "
             f"{self.total_cycles / max(1, self.bound_cycles):.3f}x the bound)"
         )
         return "\n".join(rows)

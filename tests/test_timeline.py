@@ -270,6 +270,10 @@ def test_a_built_network_runs_on_one_timeline_between_the_bound_and_the_layer_su
     assert pooled.start >= max(layer.end for layer in timeline.layers[:2])  # the host synced
     layer_sum = sum(run.result.total_cycles for run in runs)
     busy = {u: sum(run.result.units[u].busy_cycles for run in runs) for u in runs[0].result.units}
-    bound = max([*busy.values(), sum(run.result.dram_busy_cycles for run in runs)])
+    busy["dram"] = sum(run.result.dram_busy_cycles for run in runs)
+    for run in runs:
+        for engine, cycles in run.result.engine_busy_cycles.items():
+            busy[engine] = busy.get(engine, 0) + cycles
+    bound = max(busy.values())
     assert bound <= timeline.total_cycles <= layer_sum
     assert timeline.standalone_cycles == layer_sum
