@@ -7,9 +7,10 @@ from itertools import product
 import pytest
 
 from tvm_convadd import heuristic, search_space
+from tvm_convadd.errors import TileConfigError
 from tvm_convadd.schedules.tile_config import AXES, ORDERS, PIPELINES, SPATIAL_AXES, TileConfig
 from tvm_convadd.schedules.workload import Workload, standard_epilogue
-from tvm_convadd.target.hardware import load_config
+from tvm_convadd.target.hardware import HardwareConfig, load_config
 from tvm_convadd.target.simulator import simulate
 
 SMALL = Workload(1, 8, 8, 8, 8, 1, 1, epilogue=standard_epilogue(bias=True, relu=True))
@@ -170,3 +171,19 @@ def test_estimate_tracks_the_simulator(workload, hardware):
     pick = heuristic.default_config(workload, hardware)
     assert pick in simulated
     assert simulated[pick] == min(simulated.values())
+
+
+def test_weights_that_fit_no_tiling_name_the_buffer_and_the_bytes(hardware):
+    """Even one output channel per tile (weights streamed per channel tile) needs 64 x 3 x 3
+    floats of weights: on a 1 KiB weight buffer the error names the layer, the buffer, the
+    bytes needed and those available, in one line."""
+    data = {**hardware.to_dict(), "name": "tiny_wgt"}
+    data["buffer_bytes"] = {**data["buffer_bytes"], "wgt": 1024}
+    tiny = HardwareConfig.from_dict(data)
+    workload = Workload(1, 64, 8, 8, 64, 3, 3, padding=(1, 1, 1, 1))
+    with pytest.raises(TileConfigError) as info:
+        heuristic.default_config(workload, tiny)
+    message = str(info.value)
+    assert "\n" not in message
+    assert f"layer {workload}: its wgt buffer needs {64 * 9 * 4} bytes" in message
+    assert "tiny_wgt has 1024" in message

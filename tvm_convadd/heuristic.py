@@ -370,6 +370,24 @@ def default_config(workload: Workload, hardware: HardwareConfig) -> TileConfig:
             continue
         if fits(workload, est.config, hardware):
             return est.config
-    raise TileConfigError(
-        f"no tile config of {workload} fits {hardware.name}: pick a target with bigger buffers"
+    raise TileConfigError(_no_fit_message(workload, hardware))
+
+
+def _no_fit_message(workload: Workload, hardware: HardwareConfig) -> str:
+    """Name the buffer that cannot fit: the pool whose smallest need over every tiling
+    (weights streamed per channel tile included) still exceeds its capacity."""
+    configs = enumerate_configs(workload)
+    for pool in ("wgt", "inp", "acc", "out", "res", "bias"):
+        needs = [(footprint(workload, c)[pool], c) for c in configs]
+        need, config = min(needs, key=lambda pair: pair[0])
+        available = hardware.pool_bytes(pool)
+        if need > available:
+            return (
+                f"layer {workload}: its {pool} buffer needs {need} bytes even at its smallest "
+                f"tiling ({config}), {hardware.name} has {available}: pick a target with a "
+                f"bigger {pool} buffer"
+            )
+    return (
+        f"layer {workload}: no tile config fits {hardware.name} (each buffer fits alone, not "
+        "all together): pick a target with bigger buffers"
     )
