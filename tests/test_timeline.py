@@ -13,7 +13,8 @@ from tvm.script import relax as R
 import tvm_convadd
 from tests.handmade_programs import ConvAddShape, tiled_convadd_program
 from tvm_convadd.build import run_main
-from tvm_convadd.errors import BufferOverflowError, HazardError
+from tvm_convadd.codegen import RunRecorder
+from tvm_convadd.errors import BufferOverflowError, ConvAddError, HazardError, ProgramError
 from tvm_convadd.schedules.tile_config import TileConfig
 from tvm_convadd.schedules.workload import BIAS, RELU, RESIDUAL, Workload
 from tvm_convadd.target.hardware import HardwareConfig, load_config
@@ -277,3 +278,18 @@ def test_a_built_network_runs_on_one_timeline_between_the_bound_and_the_layer_su
     bound = max(busy.values())
     assert bound <= timeline.total_cycles <= layer_sum
     assert timeline.standalone_cycles == layer_sum
+
+    net.run(image)  # the session of the build keeps its last run: the same timeline
+    assert network_timeline_of(net.session).total_cycles == timeline.total_cycles
+    anonymous = RunRecorder([dataclasses.replace(runs[0], inputs=(), output=None)])
+    with pytest.raises(ConvAddError, match="recorded without its tensors' identities"):
+        network_timeline_of(anonymous)
+    with pytest.raises(ConvAddError, match="no offloaded calls recorded"):
+        network_timeline_of(RunRecorder())
+
+
+def test_a_call_naming_a_tensor_its_program_lacks_is_refused():
+    calls = chain()
+    wrong = [dataclasses.replace(calls[0], reads={**calls[0].reads, "residual": TensorRef(9)})]
+    with pytest.raises(ProgramError, match=r"conv1: tensors \['residual'\] are not in its program"):
+        compose(wrong, load_config("default"))
