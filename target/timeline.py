@@ -493,6 +493,7 @@ def _region_edges(
 ) -> list[Edge]:
     """Each LOAD of `name` waits for the last STORE (on each unit) of `written` whose region
     overlaps what it reads: the next layer's first tiles need only the first rows stored."""
+    same_shape = producer.program.tensors[written] == consumer.program.tensors[name]
     stores = [
         (unit, produced_at[unit] + p, inst.dst.region)
         for unit, stream in producer.program.streams.items()
@@ -506,10 +507,18 @@ def _region_edges(
                 continue
             last: dict[str, int] = {}
             for store_unit, p, region in stores:
-                if _overlaps(region, inst.src.region):
+                if _reads_from(region, inst.src.region, same_shape):
                     last[store_unit] = max(last.get(store_unit, p), p)
             edges += [(src, p, unit, consumed_at[unit] + c) for src, p in last.items()]
     return edges
+
+
+def _reads_from(stored, loaded, same_shape: bool) -> bool:
+    """A LOAD of region `loaded` reads what a STORE to `stored` wrote. Regions of a tensor seen
+    in two shapes (a reshape between the calls) are not comparable: any non-empty ones are."""
+    if same_shape:
+        return _overlaps(stored, loaded)
+    return all(extent > 0 for _, extent in (*stored, *loaded))
 
 
 def _overlaps(a, b) -> bool:
@@ -691,9 +700,15 @@ def _check_dram(composition: Composition, calls, dram, call_end) -> None:
                 continue
             if name in producers[k]:
                 i = producers[k][name]
-                stores = dram.get((i, names[i][_written_name(calls[i], ref)], "STORE"), [])
+                written = _written_name(calls[i], ref)
+                shape = calls[i].program.tensors[written] == call.program.tensors[name]
+                stores = dram.get((i, names[i][written], "STORE"), [])
                 for start, _, region in dram[k, names[k][name], "LOAD"]:
-                    late = [end for _, end, r in stores if _overlaps(r, region) and end > start]
+                    late = [
+                        end
+                        for _, end, stored in stores
+                        if _reads_from(stored, region, shape) and end > start
+                    ]
                     if late:
                         raise HazardError(
                             f"timeline: {call.name} loads {name} at cycle {start}, before "

@@ -219,6 +219,22 @@ def test_lowered_grid_layers_compute_the_chain_on_one_timeline(order):
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
 
 
+def test_a_tensor_read_in_another_shape_waits_for_all_its_stores():
+    """A reshape between two calls: regions of the two shapes do not compare, so every input
+    LOAD waits for the producer's last STORE (and the tensors keep their own names)."""
+    flat = ConvAddShape(
+        in_channels=512, height=4, width=4, out_channels=16, kernel=1, padding=0, residual=False
+    )
+    assert np.prod(flat.tensor_shapes()["data"]) == np.prod(FIRST.output_shape)
+    calls = chain(second=flat)
+    hardware = load_config("default")
+    timeline = network_timeline(calls, hardware)
+    comp, result = timeline.composition, timeline.result
+    assert comp.tensor_names[1]["data"] != comp.tensor_names[0]["output"]
+    first_input = events(comp, result, 1, Load, "inp")[0]
+    assert first_input.start >= events(comp, result, 0, Store)[-1].end
+
+
 def test_a_composition_that_does_not_wait_for_the_store_is_rejected():
     hardware = load_config("default")
     calls = chain(tiles=1)  # one STORE, at the end of layer 1: a blind LOAD comes before it
