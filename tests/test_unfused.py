@@ -85,6 +85,15 @@ def test_elementwise_kernel_matches_numpy(chain, tiling, vectors_once):
     assert result.leftover_tokens == {}
 
 
+def test_the_kernel_listing(golden):
+    """Three tiles in two slots: tile 2 reuses slot 0 once ADD 0 has read it (the loads wait
+    for the Add unit) and STORE 0 has drained it (ADD 2 waits for the store); the bias loads
+    once, ahead of the first residual, whose token covers it."""
+    program = elementwise_program((1, 6, 2, 2), parse_epilogue("bias+residual+relu"),
+                                  ElementwiseTiling(2, 2))  # fmt: skip
+    golden("elementwise_bias_residual_relu.txt", program.listing() + "\n")
+
+
 def test_tiles_cover_the_output_once():
     shape = (2, 5, 7, 3)
     covered = np.zeros(shape, dtype=int)
