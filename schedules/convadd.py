@@ -9,7 +9,9 @@ tiled. A 2-D grid (a spatial axis and `channel_tiles`) fuses its two tile loops 
 config's order, so the pipeline sees one loop of tiles. The pipeline then overlaps the Conv of
 tile i+1 with the Add of tile i, either with TVM's software pipelining (stages 0/1/2,
 InjectSoftwarePipeline versions every buffer that crosses a stage into two slots) or with two
-virtual threads (each owns a copy of the per-tile buffers).
+virtual threads (each owns a copy of the per-tile buffers). "stream_weights" software-pipelines
+a grid with the input load in its conv's stage: the input keeps one slot, and the weights of
+the next channel tile stream in under the conv of this one.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from tvm import s_tir
 
 from tvm_convadd.errors import TileConfigError
 from tvm_convadd.schedules.primfunc import ADD, CONV, PAD, convadd_primfunc
-from tvm_convadd.schedules.tile_config import TileConfig
+from tvm_convadd.schedules.tile_config import PIPELINES, TileConfig
 from tvm_convadd.schedules.workload import Workload
 from tvm_convadd.target.annotations import (
     BUFFER_ATTR,
@@ -169,12 +171,15 @@ def _fused_grid(sch: s_tir.Schedule, workload: Workload, config: TileConfig, loo
 
 
 def _pipeline(sch: s_tir.Schedule, tile_loop, config: TileConfig) -> None:
-    if config.pipeline == "software":
+    if config.pipeline in ("software", "stream_weights"):
         body = sch.get_child_blocks(tile_loop)
         roles = [buffer_role(str(sch.get(b).annotations[BUFFER_ATTR])) for b in body]
-        sch.annotate(tile_loop, "software_pipeline_stage", [PIPELINE_STAGE[r] for r in roles])
+        stages = dict(PIPELINE_STAGE)
+        if config.pipeline == "stream_weights":  # the input loads with its conv: one slot
+            stages["inp"] = stages["acc"]
+        sch.annotate(tile_loop, "software_pipeline_stage", [stages[r] for r in roles])
         sch.annotate(tile_loop, "software_pipeline_order", list(range(len(body))))
     elif config.pipeline == "vthread":
         sch.bind(tile_loop, "vthread.x")
     elif config.pipeline != "none":
-        raise TileConfigError(f"pipeline mode {config.pipeline!r}: choose none, software, vthread")
+        raise TileConfigError(f"pipeline mode {config.pipeline!r}: choose one of {PIPELINES}")

@@ -9,7 +9,12 @@ from tvm_convadd.schedules.workload import Workload
 
 AXES = ("height", "width", "channel")
 SPATIAL_AXES = ("height", "width")
-PIPELINES = ("none", "software", "vthread")
+# "stream_weights" pipelines a 2-D grid as "software" does but prefetches only what changes
+# from tile to tile along the inner index (weights, per-channel vectors) into two slots; the
+# input loads just in time into one slot. A layer whose input tile is too big to double-buffer
+# (a 1x1 conv over 1024 channels) still streams its weights under the conv.
+LINE_PIPELINES = ("none", "software", "vthread")  # the modes of a 1-D tiling
+PIPELINES = (*LINE_PIPELINES, "stream_weights")
 # The order of a 2-D tile grid: which tile index runs fastest. "spatial_outer" walks the channel
 # tiles of one spatial tile back to back (its input is reused); "channel_outer" walks the spatial
 # tiles of one channel tile back to back (its weights are reused).
@@ -31,7 +36,8 @@ class TileConfig:
     channels, making a 2-D grid of n_tiles x channel_tiles tiles walked in `order`.
     `pipeline`: "none" runs tile after tile through one accumulator; "software" uses TVM's
     software pipelining (InjectSoftwarePipeline double-buffers the accumulator); "vthread"
-    binds tile pairs to two virtual threads (InjectVirtualThread gives each its own copy).
+    binds tile pairs to two virtual threads (InjectVirtualThread gives each its own copy);
+    "stream_weights" (a 2-D grid only) software-pipelines with the input in one slot.
     A count need not divide its axis: tiles are ceil(extent / N) long and the last one is
     predicated. A channel tile of a grouped conv holds whole groups or lies within one.
     """
@@ -55,6 +61,12 @@ class TileConfig:
         ):
             if not isinstance(count, int) or isinstance(count, bool) or count < 1:
                 raise TileConfigError(f"{name} {count!r}: must be an integer >= 1")
+        if self.pipeline not in LINE_PIPELINES and self.channel_tiles == 1:
+            raise TileConfigError(
+                f"pipeline {self.pipeline!r} streams the weights of a 2-D grid: give "
+                "channel_tiles >= 2 with a spatial axis, or choose one of "
+                f"{LINE_PIPELINES}"
+            )
         if self.axis == "channel" and self.channel_tiles != 1:
             raise TileConfigError(
                 f"channel_tiles={self.channel_tiles} with axis channel: the channel axis is "

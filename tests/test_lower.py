@@ -428,3 +428,19 @@ def test_overflow_advice_names_both_axes_when_no_spatial_count_fits():
     lower_to_program(workload, TileConfig(2, "height", "software", channel_tiles=4), hardware)
     with pytest.raises(BufferOverflowError, match="nor any with channel_tiles, fits"):
         lower_to_program(workload, TileConfig(2, "height", "software"), tight(wgt=100))
+
+
+@pytest.mark.parametrize("order", ORDERS)
+def test_streamed_weights_double_buffer_the_weights_and_not_the_input(order):
+    """stream_weights: the input in one slot, loaded with its conv, the weights (and every
+    other per-tile buffer) in two; the output equals torch on ragged grids in both orders,
+    and a spatial_outer walk loads each input tile once."""
+    workload = epilogue_workload(SCALE, RESIDUAL, RELU, channels=5)
+    for n_tiles, channel_tiles in ((2, 2), (3, 2), (2, 3)):
+        config = TileConfig(n_tiles, "height", "stream_weights", channel_tiles, order)
+        program = simulate_against_torch(workload, config)
+        slots = {name: decl.slots for name, decl in program.buffers.items()}
+        assert slots["inp"] == 1 and slots["wgt"] == slots["acc"] == slots["out"] == 2
+        input_loads = len(loads_of(program, "inp"))
+        walked = n_tiles if order == "spatial_outer" else n_tiles * channel_tiles
+        assert input_loads == walked

@@ -12,7 +12,7 @@ import pytest
 from tvm_convadd import records
 from tvm_convadd.errors import RecordsError
 from tvm_convadd.records import Record
-from tvm_convadd.schedules.tile_config import AXES, PIPELINES, TileConfig
+from tvm_convadd.schedules.tile_config import AXES, LINE_PIPELINES, TileConfig
 from tvm_convadd.schedules.workload import Workload, standard_epilogue
 
 WL = Workload(1, 8, 8, 8, 8, 1, 1, epilogue=standard_epilogue(bias=True, relu=True))
@@ -266,7 +266,7 @@ def _claim_in_batches(path, configs, barrier, results) -> None:
 def test_two_tuners_never_claim_the_same_config(tmp_path):
     path = tmp_path / records.RECORDS_FILE
     configs = [
-        TileConfig(n, axis, mode) for n in range(1, 9) for axis in AXES for mode in PIPELINES
+        TileConfig(n, axis, mode) for n in range(1, 9) for axis in AXES for mode in LINE_PIPELINES
     ]
     context = multiprocessing.get_context("fork")
     barrier, results = context.Barrier(3), context.Queue()

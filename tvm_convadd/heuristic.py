@@ -21,7 +21,8 @@ from tvm_convadd.schedules.workload import Workload
 from tvm_convadd.search_space import enumerate_configs, fits
 from tvm_convadd.target.hardware import HardwareConfig
 
-SLOTS = {"none": 1, "software": 2, "vthread": 2}  # copies of each per-tile buffer
+SLOTS = {"none": 1, "software": 2, "vthread": 2, "stream_weights": 2}  # per-tile buffer copies
+INPUT_SLOTS = {**SLOTS, "stream_weights": 1}  # the input's: streaming weights loads it just in time
 
 
 @dataclass(frozen=True)
@@ -208,7 +209,7 @@ def estimate(workload: Workload, config: TileConfig, hardware: HardwareConfig) -
     once = {q: sum(first.loads[n] for n in once_names if _queue(n) == q) for q in QUEUES}
     busy = {"load": once["load"], "vload": once["vload"], "conv": 0, "add": 0, "store": 0}
     transfers = len(once_names) + tiles  # DMA instructions: once-loads, per-tile loads, stores
-    mean = {}
+    mean, counts = {}, {}
     for name in first.loads:
         if name in once_names:
             continue
@@ -217,7 +218,9 @@ def estimate(workload: Workload, config: TileConfig, hardware: HardwareConfig) -
             on_s = False
         outer, inner = (nc, ns) if grid.channel_outer else (ns, nc)
         on_outer, on_inner = (on_c, on_s) if grid.channel_outer else (on_s, on_c)
-        count = _loads(outer, inner, slots, on_outer, on_inner)
+        operand_slots = INPUT_SLOTS[config.pipeline] if name == "inp" else slots
+        count = _loads(outer, inner, operand_slots, on_outer, on_inner)
+        counts[name] = count
         total = sum(n * cost(r, c).loads[name] for (r, c), n in shapes.items())
         mean[name] = total / tiles
         busy[_queue(name)] += round(count * mean[name])
@@ -255,6 +258,10 @@ def estimate(workload: Workload, config: TileConfig, hardware: HardwareConfig) -
             rest["add"] + (epilogue_dma if hardware.dma_bytes_per_cycle else rest["store"]),
         )
     else:
+        if config.pipeline == "stream_weights" and "inp" in mean:
+            # each later input load waits for the conv that last read its one slot, and the
+            # next conv waits for it: the conv unit sits idle for the load
+            rest["conv"] += round((counts["inp"] - 1) * mean["inp"])
         steady = max(rest.values())
     if config.pipeline == "vthread" and tiles > 1:  # a tile pair's loads precede its convs
         fill += first_loads["load"]
@@ -333,16 +340,22 @@ def footprint(workload: Workload, config: TileConfig) -> dict[str, int]:
     in_channels = min(workload.in_channels, groups * workload.group_in_channels)
     if config.input_once(workload):  # loaded whole: the padded input
         in_rows, in_cols = workload.padded_height, workload.padded_width
-    tile = {"none": 1, "software": 2, "vthread": 2}[config.pipeline]
+    tile = SLOTS[config.pipeline]
     channel_tiled = config.channel_count > 1
     whole_input = config.input_once(workload)
-    vector_slots = {"none": 1, "software": 3, "vthread": 2}[config.pipeline] if channel_tiled else 1
+    vector_slots = {"none": 1, "software": 3, "vthread": 2, "stream_weights": 3}
+    vector_slots = vector_slots[config.pipeline] if channel_tiled else 1
     out_tile = batch * channels * height * width
     tensors = sum(1 for s in workload.operand_shapes.values() if s == workload.out_shape)
     vectors = len(workload.operand_shapes) - tensors
     elem = 4
     return {
-        "inp": (1 if whole_input else tile) * batch * in_channels * in_rows * in_cols * elem,
+        "inp": (1 if whole_input else INPUT_SLOTS[config.pipeline])
+        * batch
+        * in_channels
+        * in_rows
+        * in_cols
+        * elem,
         "wgt": (tile if channel_tiled else 1)
         * channels
         * math.prod(workload.weight_shape[1:])

@@ -6,6 +6,7 @@ from functools import lru_cache
 from typing import TYPE_CHECKING
 
 from tvm_convadd.schedules.tile_config import (
+    LINE_PIPELINES,
     ORDERS,
     PIPELINES,
     SPATIAL_AXES,
@@ -53,10 +54,10 @@ def enumerate_configs(workload: Workload) -> tuple[TileConfig, ...]:
     configs = []
     for axis in SPATIAL_AXES:
         extent = TileConfig(1, axis).axis_extent(workload)
-        for pipeline in PIPELINES:
+        for pipeline in LINE_PIPELINES:
             counts = distinct_tile_counts(extent)
             configs += [TileConfig(n, axis, pipeline) for n in counts if n > 1 or axis == "height"]
-    for pipeline in PIPELINES:
+    for pipeline in LINE_PIPELINES:
         configs += [TileConfig(n, "channel", pipeline) for n in channel_counts if n > 1]
     for axis in SPATIAL_AXES:
         extent = TileConfig(1, axis).axis_extent(workload)
@@ -80,13 +81,16 @@ def canonical(workload: Workload, config: TileConfig) -> TileConfig:
     if config.axis != "channel":
         spatial = _smallest(config.axis_extent(workload), config.tile_extent(workload))
     channel = _smallest(workload.out_channels, config.channel_tile_extent(workload))
+    pipeline = config.pipeline
+    if pipeline not in LINE_PIPELINES and not (spatial > 1 and channel > 1):
+        # a streamed-weights grid that collapses to one axis has no equal in the space: its
+        # nearest is that axis's software pipeline (which double-buffers the input too)
+        pipeline = "software"
     if spatial > 1 and channel > 1:
-        return TileConfig(
-            spatial, config.axis, config.pipeline, channel_tiles=channel, order=config.order
-        )
+        return TileConfig(spatial, config.axis, pipeline, channel_tiles=channel, order=config.order)
     if channel > 1:
-        return TileConfig(channel, "channel", config.pipeline)
-    return TileConfig(spatial, config.axis if spatial > 1 else "height", config.pipeline)
+        return TileConfig(channel, "channel", pipeline)
+    return TileConfig(spatial, config.axis if spatial > 1 else "height", pipeline)
 
 
 def _smallest(extent: int, tile: int) -> int:
