@@ -672,9 +672,8 @@ def smallest_fitting_tiles(
         return not overflowing(lower_to_program(workload, candidate), hardware)
 
     extent = config.axis_extent(workload)
-    found = _first_fit(
-        [replace(config, n_tiles=n) for n in _counts(extent, config.n_tiles + 1)], fits
-    )
+    more = [replace(config, n_tiles=n) for n in _counts(extent, config.n_tiles + 1)]
+    found = _first_fit([c for c in more if _valid(c, workload)], fits)
     if found is not None or config.axis == "channel":
         return found
     best = None
@@ -682,15 +681,22 @@ def smallest_fitting_tiles(
         if best is not None and channel_tiles * config.n_tiles >= best.total_tiles:
             break
         grid = replace(config, channel_tiles=channel_tiles)
-        try:
-            grid.validate(workload)
-        except TileConfigError:
+        if not _valid(grid, workload):
             continue  # its channel tiles would straddle groups
         counts = _counts(extent, config.n_tiles)
         candidate = _first_fit([replace(grid, n_tiles=n) for n in counts], fits)
         if candidate is not None and (best is None or candidate.total_tiles < best.total_tiles):
             best = candidate
     return best
+
+
+def _valid(config: TileConfig, workload: Workload) -> bool:
+    """Whether `config` is a valid tiling of `workload` (channel tiles of whole groups)."""
+    try:
+        config.validate(workload)
+    except TileConfigError:
+        return False
+    return True
 
 
 def _counts(extent: int, start: int) -> list[int]:

@@ -19,7 +19,7 @@ from tvm_convadd.schedules.workload import (
     EpilogueOp,
     standard_epilogue,
 )
-from tvm_convadd.target.hardware import load_config
+from tvm_convadd.target.hardware import HardwareConfig, load_config
 from tvm_convadd.target.isa import UNITS, Add, Conv, Load, Program, Store
 from tvm_convadd.target.lower import derive_tokens, drop_reloads, lower_to_program
 from tvm_convadd.target.simulator import simulate
@@ -444,3 +444,15 @@ def test_streamed_weights_double_buffer_the_weights_and_not_the_input(order):
         input_loads = len(loads_of(program, "inp"))
         walked = n_tiles if order == "spatial_outer" else n_tiles * channel_tiles
         assert input_loads == walked
+
+
+def test_the_smallest_fit_advice_skips_channel_counts_that_straddle_groups():
+    """6 groups of 2 channels: 4 or 5 channel tiles would straddle groups, so the advice for a
+    32-byte weight buffer jumps from 3 tiles to 6 (2 channels x 2 inputs x 4 B, two slots)."""
+    data = {**load_config("default").to_dict(), "name": "tiny_wgt"}
+    data["buffer_bytes"] = {**data["buffer_bytes"], "wgt": 32}
+    tiny = HardwareConfig.from_dict(data)
+    workload = Workload(1, 12, 4, 4, 12, 1, 1, groups=6, epilogue=())
+    with pytest.raises(BufferOverflowError, match=r"use at least 6 tiles along channel"):
+        lower_to_program(workload, TileConfig(3, "channel", "software"), tiny)
+    lower_to_program(workload, TileConfig(6, "channel", "software"), tiny)  # the advice fits
