@@ -40,7 +40,7 @@ from tests.fuzz_cases import (  # noqa: E402
     draw_case,
 )
 from tvm_convadd.errors import UnsupportedWorkloadError  # noqa: E402
-from tvm_convadd.schedules.tile_config import AXES, PIPELINES  # noqa: E402
+from tvm_convadd.schedules.tile_config import AXES, LINE_PIPELINES, PIPELINES  # noqa: E402
 from tvm_convadd.schedules.workload import Workload  # noqa: E402
 from tvm_convadd.target.hardware import HardwareConfig, list_configs, load_config  # noqa: E402
 
@@ -124,9 +124,12 @@ def _workload_variants(w: Workload):
         for value in _smaller(w.padding[side], 0):
             pad = tuple(value if i == side else p for i, p in enumerate(w.padding))
             yield {**data, "padding": pad}
-    for key in ("bias", "relu"):
-        if data[key]:
-            yield {**data, key: False}
+    for index in range(len(w.epilogue)):  # drop one epilogue op at a time
+        yield {**data, "epilogue": data["epilogue"][:index] + data["epilogue"][index + 1 :]}
+    if w.groups > 1:  # fewer groups, where the channels still divide
+        for groups in _smaller(w.groups, 1):
+            if w.in_channels % groups == 0 and w.out_channels % groups == 0:
+                yield {**data, "groups": groups}
 
 
 def _hardware_variants(hw: HardwareConfig):
@@ -157,6 +160,9 @@ def _simpler(case: Case):
     config = case.config
     for n in _smaller(config.n_tiles, 1):
         yield replace(case, config=replace(config, n_tiles=n))
+    for channels in _smaller(config.channel_tiles, 1):
+        if channels > 1 or config.pipeline in LINE_PIPELINES:  # streamed weights need a grid
+            yield replace(case, config=replace(config, channel_tiles=channels))
     for pipeline in PIPELINES[: PIPELINES.index(config.pipeline)]:
         yield replace(case, config=replace(config, pipeline=pipeline))
     for axis in AXES[: AXES.index(config.axis)]:

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Protocol, TypeVar
 import numpy as np
 
 from tvm_convadd.errors import BufferOverflowError, TileConfigError, UnsupportedWorkloadError
-from tvm_convadd.schedules.tile_config import AXES, ORDERS, PIPELINES, TileConfig
+from tvm_convadd.schedules.tile_config import AXES, LINE_PIPELINES, ORDERS, PIPELINES, TileConfig
 from tvm_convadd.schedules.workload import SUPPORTED_EPILOGUE_OPS, EpilogueOp, Workload
 from tvm_convadd.target.hardware import (
     BUFFERS,
@@ -205,19 +205,20 @@ def draw_workload(ch: Chooser) -> Workload:
 
 
 def draw_config(ch: Chooser, workload: Workload) -> TileConfig:
-    """Any axis and pipeline; N in 1..extent (weighted to 1 and to one-deep tiles, N = extent),
-    or 1 in 8 times extent+1..extent+2: too big, a TileConfigError. (Uniform over 1..extent+2
-    would waste a third of the small workloads on the error.) A third of the spatial ones are
-    2-D grids with any channel count (some straddle groups: a TileConfigError too)."""
+    """Any axis and pipeline (streamed weights on grids); N in 1..extent (weighted to 1 and to
+    one-deep tiles, N = extent), or 1 in 8 times extent+1..extent+2: too big, a
+    TileConfigError. (Uniform over 1..extent+2 would waste a third of the small workloads on
+    the error.) A third of the spatial ones are 2-D grids with any channel count (some
+    straddle groups: a TileConfigError too)."""
     axis = ch.choice(AXES)
     extent = TileConfig(1, axis).axis_extent(workload)
     too_big = ch.integer(0, 7) == 7
     n_tiles = ch.integer(extent + 1, extent + 2) if too_big else _edgy(ch, 1, extent)
-    pipeline = ch.choice(PIPELINES)
     if axis != "channel" and ch.integer(0, 2) == 2:
         channels = _edgy(ch, 1, workload.out_channels)
+        pipeline = ch.choice(PIPELINES if channels > 1 else LINE_PIPELINES)
         return TileConfig(n_tiles, axis, pipeline, channel_tiles=channels, order=ch.choice(ORDERS))
-    return TileConfig(n_tiles, axis, pipeline)
+    return TileConfig(n_tiles, axis, ch.choice(LINE_PIPELINES))
 
 
 def whole_tensor_bytes(workload: Workload) -> dict[str, int]:
@@ -328,6 +329,17 @@ def _fits(workload: Workload, config: TileConfig, hardware: HardwareConfig) -> b
     return all(need[pool] <= hardware.buffer_bytes[pool] for pool in need)
 
 
+def _valid_below(workload: Workload, config: TileConfig, count: int) -> TileConfig | None:
+    """The config with the largest valid tile count in config.n_tiles + 1 .. count - 1."""
+    for n_tiles in range(count - 1, config.n_tiles, -1):
+        candidate = replace(config, n_tiles=n_tiles)
+        try:
+            return candidate.validate(workload)
+        except TileConfigError:
+            continue  # its channel tiles straddle groups
+    return None
+
+
 # The lowering's advice (target/lower.py `check_fits`), one pattern per form.
 ADVICE_ALONG_AXIS = re.compile(r"use at least (\d+) tiles along (\w+)")
 ADVICE_GRID = re.compile(
@@ -358,9 +370,9 @@ def check_overflow(case: Case, err: BufferOverflowError) -> None:
             raise WrongAnswer(f"advises {smallest} tiles, outside {config.n_tiles + 1}..{extent}")
         if not _fits(workload, replace(config, n_tiles=smallest), hardware):
             raise WrongAnswer(f"advises {smallest} tiles, which do not fit either: {err}")
-        fewer = replace(config, n_tiles=smallest - 1)
-        if smallest - 1 > config.n_tiles and _fits(workload, fewer, hardware):
-            raise WrongAnswer(f"advises {smallest} tiles, but {smallest - 1} fit: {err}")
+        fewer = _valid_below(workload, config, smallest)  # counts between straddle groups
+        if fewer is not None and _fits(workload, fewer, hardware):
+            raise WrongAnswer(f"advises {smallest} tiles, but {fewer.n_tiles} fit: {err}")
     elif advice := ADVICE_GRID.search(message):
         check_grid_advice(case, advice[1], int(advice[2]), int(advice[3]), message)
     elif NO_FIT_CHANNEL in message:
