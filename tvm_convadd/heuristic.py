@@ -258,11 +258,8 @@ def estimate(workload: Workload, config: TileConfig, hardware: HardwareConfig) -
             rest["add"] + (epilogue_dma if hardware.dma_bytes_per_cycle else rest["store"]),
         )
     else:
-        if config.pipeline == "stream_weights" and "inp" in mean:
-            # each later input load waits for the conv that last read its one slot, and the
-            # next conv waits for it: the conv unit sits idle for the load
-            rest["conv"] += round((counts["inp"] - 1) * mean["inp"])
-        steady = max(rest.values())
+        per_tile = _tile_periods(config, tiles, rest, mean, counts, setup, hardware)
+        steady = max(*rest.values(), per_tile)
     if config.pipeline == "vthread" and tiles > 1:  # a tile pair's loads precede its convs
         fill += first_loads["load"]
     once_bytes_names = [n for n in once_names if n != "inp"]
@@ -275,6 +272,41 @@ def estimate(workload: Workload, config: TileConfig, hardware: HardwareConfig) -
     channel = 2 * setup + busy["dram"] + last_add if hardware.dma_bytes_per_cycle else 0
     cycles = max(fill + steady, channel)
     return Estimate(config, tiles, first, last, sum(once.values()), cycles, buffer_bytes, busy)
+
+
+def _tile_periods(config, tiles, rest, mean, counts, setup, hardware) -> int:
+    """The pipelined tiles after the first, tile by tile: a load prefetches one tile ahead, so
+    an operand reloaded only every few tiles (the input of a spatial_outer grid) must hide
+    under one tile's conv, not under the average. Each tile lasts as long as its busiest unit
+    (or the DRAM channel); the sparse loads land on the same tiles. With streamed weights the
+    input loads just in time: the conv waits for it."""
+    if tiles < 2:
+        return 0
+    later = tiles - 1
+    limited = hardware.dma_bytes_per_cycle is not None
+    per = {unit: rest[unit] / later for unit in ("conv", "add", "store")}
+    queues = {"load": 0.0, "vload": 0.0}
+    dram = (per["store"] - setup) if limited else 0.0
+    sparse = {}
+    for name, cost in mean.items():
+        if counts[name] >= tiles:
+            queues[_queue(name)] += cost
+            dram += (cost - setup) if limited else 0.0
+        else:
+            sparse[name] = cost
+    jit_input = config.pipeline == "stream_weights"
+    conv = per["conv"] + (mean.get("inp", 0.0) if jit_input and "inp" not in sparse else 0.0)
+    dense = max(conv, per["add"], per["store"], *queues.values(), dram)
+    if not sparse:
+        return round(later * dense)
+    heavy = min(max(counts[name] for name in sparse) - 1, later)
+    for name, cost in sparse.items():
+        queues[_queue(name)] += cost
+        dram += (cost - setup) if limited else 0.0
+    if jit_input and "inp" in sparse:
+        conv += sparse["inp"]
+    loaded = max(conv, per["add"], per["store"], *queues.values(), dram)
+    return round((later - heavy) * dense + heavy * loaded)
 
 
 QUEUES = ("load", "vload")  # the read queues: conv operands, epilogue operands
