@@ -175,3 +175,20 @@ def test_concurrent_tuners_never_measure_a_config_twice(tmp_path):
     assert twice == []
     assert len(kept) == sum(o["measured"] for o in outs)
     assert len(kept) <= 24 + 24
+
+
+def test_tune_with_a_broken_records_file_is_a_one_line_error_and_keeps_it(tmp_path):
+    """The cost model trains on the records directory: a file there that holds no record
+    stops `tune` before any work, in one line naming it, and the file is left as it was."""
+    broken = tmp_path / "notes.json"
+    broken.write_bytes(b"this is not a tuning log\n")
+    command = [sys.executable, "-c", STUB + "from tvm_convadd.cli import main; sys.exit(main())"]
+    command += ["tune", "resnet18", "--image-size", "32", "--width", "0.25", "--trials", "2"]
+    done = subprocess.run(
+        [*command, "--records", str(tmp_path)], capture_output=True, text=True, timeout=300
+    )
+    errors = [line for line in done.stderr.splitlines() if line.startswith("tvm-convadd:")]
+    assert done.returncode == 2 and len(errors) == 1
+    assert str(broken) in errors[0] and "move the file" in errors[0]
+    assert broken.read_bytes() == b"this is not a tuning log\n"
+    assert not (tmp_path / records.RECORDS_FILE).exists()  # nothing measured

@@ -1,7 +1,13 @@
-"""Tune a workload's TileConfig with MetaSchedule: XGBoost picks, the simulator measures.
+"""Tune a workload's TileConfig with MetaSchedule: a transferred XGBoost model picks, the
+simulator measures.
 
 The design space is one `sample_categorical` over the workload's enumerated configs, its value
-annotated on the root block, so every candidate module names its config. The builder lowers
+annotated on the root block, so every candidate module names its config. MetaSchedule's cost
+model is `cost_model.CostModel`, pre-trained on the records of other layers (the shipped ones
+and those in the records directory) and refitted after each batch with this layer's own: it
+scores the evolutionary search's candidates, and its ranking is also the categorical's prior,
+so the population evolution starts from holds the configs it rates best (among thousands, a
+uniform population of 128 rarely does). The builder lowers
 that config to a Program (a config that does not fit fails the build and is never measured),
 the runner simulates it (timing only) in a process pool, and each measurement is appended to
 the records file as it completes. Import this module lazily: MetaSchedule's TuneContext pulls
@@ -54,12 +60,12 @@ from tvm import s_tir
 from tvm.ir.utils import derived_object
 from tvm.s_tir import meta_schedule as ms
 from tvm.s_tir.meta_schedule.builder import BuilderInput, BuilderResult, PyBuilder
-from tvm.s_tir.meta_schedule.feature_extractor import PyFeatureExtractor
+from tvm.s_tir.meta_schedule.cost_model import PyCostModel
 from tvm.s_tir.meta_schedule.measure_callback import PyMeasureCallback
 from tvm.s_tir.meta_schedule.mutator import PyMutator
 from tvm.s_tir.meta_schedule.runner import PyRunner, RunnerFuture, RunnerInput, RunnerResult
 
-from tvm_convadd import heuristic, records, rpc, search_space
+from tvm_convadd import cost_model, records, rpc, search_space
 from tvm_convadd.errors import RecordsError, RpcError, TileConfigError
 from tvm_convadd.rpc import RemoteRunner, TrackerPool
 from tvm_convadd.schedules.primfunc import convadd_primfunc
@@ -143,14 +149,29 @@ def config_of(mod: tvm.IRModule) -> TileConfig:
     return search_space.enumerate_configs(workload_of(mod))[found[0]]
 
 
-def sample_config(sch: s_tir.Schedule) -> None:
-    """The design space: one categorical over the configs, recorded on the root block.
+def sample_config(sch: s_tir.Schedule, prior: Sequence[float] | None = None) -> None:
+    """The design space: one categorical over the configs, recorded on the root block; `prior`
+    gives each config's probability (uniform if None).
 
     The number of choices depends only on the module (fixed), never on a sampled value:
     traces are replayed with mutated decisions, so no Python branch may read one."""
     count = len(search_space.enumerate_configs(workload_of(sch.mod)))
-    choice = sch.sample_categorical(list(range(count)), [1.0 / count] * count)
+    probs = [1.0 / count] * count if prior is None else [float(p) for p in prior]
+    choice = sch.sample_categorical(list(range(count)), probs)
     sch.annotate(sch.get_sblock("root"), CHOICE_ATTR, choice)
+
+
+PRIOR_SCALE = 16.0  # the prior halves about every 11 ranks down the model's order
+PRIOR_UNIFORM = 0.25  # and keeps this share uniform, so every config can still be drawn
+
+
+def model_prior(predicted: Sequence[float]) -> list[float]:
+    """Probabilities from predicted cycles: exp(-rank / PRIOR_SCALE), mixed with uniform."""
+    ranks = np.empty(len(predicted))
+    ranks[np.argsort(np.asarray(predicted), kind="stable")] = np.arange(len(predicted))
+    peaked = np.exp(-ranks / PRIOR_SCALE)
+    probs = (1 - PRIOR_UNIFORM) * peaked / peaked.sum() + PRIOR_UNIFORM / len(predicted)
+    return list(probs / probs.sum())
 
 
 # -- MetaSchedule components ----------------------------------------------------------------
@@ -195,14 +216,15 @@ def neighbour(configs: Sequence[TileConfig], index: int, rng: random.Random) -> 
         moves = [
             line[p] for p in (line.index(index) + d for d in (-2, -1, 1, 2)) if 0 <= p < len(line)
         ]
-    elif knob == "axis":
-        axes = {c.axis for c in configs} - {old.axis}
+    elif knob == "axis":  # a pipeline some axes lack ("stream_weights": grids only) moves none
+        same_pipeline = [i for i, c in enumerate(configs) if c.pipeline == old.pipeline]
+        axes = {configs[i].axis for i in same_pipeline} - {old.axis}
         moves = [
             min(
-                (i for i, c in enumerate(configs) if c.axis == axis and c.pipeline == old.pipeline),
+                (i for i in same_pipeline if configs[i].axis == axis),
                 key=lambda i: abs(math.log(configs[i].n_tiles / old.n_tiles)),
             )
-            for axis in axes
+            for axis in sorted(axes)
         ]
     else:
         moves = [
@@ -216,20 +238,43 @@ def neighbour(configs: Sequence[TileConfig], index: int, rng: random.Random) -> 
 
 
 @derived_object
-class ConfigFeatures(PyFeatureExtractor):
-    """Features from the config and the analytic cost model: MetaSchedule's per-store features
-    see the same (unscheduled) stores in every candidate and cannot tell them apart."""
+class TransferCostModel(PyCostModel):
+    """MetaSchedule's cost model: `cost_model.CostModel`'s predicted cycles of every config of
+    the layer, scored as best / predicted (higher is better), refitted after each batch with
+    the layer's measurements so far (`session.known`)."""
 
-    def __init__(self, hardware: HardwareConfig) -> None:
-        self.hardware = hardware
+    def __init__(self, session: _Session, model: cost_model.CostModel) -> None:
+        self.session = session
+        self.base = model
+        self.configs = search_space.enumerate_configs(session.workload)
+        self.index = {config: i for i, config in enumerate(self.configs)}
+        self.predicted = model.predict(session.workload, self.configs, session.hardware)
+        self.fitted_on = 0
 
-    def extract_from(self, _context, candidates) -> list:
-        rows = []
-        for candidate in candidates:
-            mod = candidate.sch.mod
-            vector = heuristic.features(workload_of(mod), config_of(mod), self.hardware)
-            rows.append(tvm.runtime.tensor(np.asarray([vector], dtype="float32")))
-        return rows
+    def load(self, _path: str) -> None:
+        pass  # the model lives in the records, not in MetaSchedule's work dir
+
+    def save(self, _path: str) -> None:
+        pass
+
+    def update(self, _context, _candidates, _results) -> None:
+        session = self.session
+        if len(session.known) == self.fitted_on:
+            return
+        layer = [
+            cost_model.Sample(session.workload, config, session.hardware, cycles)
+            for config, cycles in session.known.items()
+        ]
+        model = self.base.with_layer(layer)
+        self.predicted = model.predict(session.workload, self.configs, session.hardware)
+        self.fitted_on = len(session.known)
+
+    def predict(self, _context, candidates) -> np.ndarray:
+        best = float(self.predicted.min())
+        return np.asarray(
+            [best / self.predicted[self.index[config_of(c.sch.mod)]] for c in candidates],
+            dtype="float64",
+        )
 
 
 class _Stop(Exception):
@@ -593,6 +638,7 @@ def tune_workload(
     trials_per_iter: int = 8,
     on_measure: MeasureHook | None = None,
     runner: RemoteRunner | None = None,
+    model: cost_model.CostModel | None = None,
 ) -> TuneResult:
     """Tune `workload` for `target` with MetaSchedule + XGBoost, `trials` measurements in all.
 
@@ -602,7 +648,9 @@ def tune_workload(
     this process; `runner` measures on the servers of a TVM RPC tracker instead (RpcError if
     there is none, or none is left). `on_measure(config, cycles)` runs after each new record is
     written. Ctrl-C (in the main thread) raises `TuneInterrupted` once the records written so
-    far are safe."""
+    far are safe. `model` is the cost model to start from; by default the one trained on the
+    shipped records and on `records_dir`'s other layers (RecordsError if a file there holds
+    no readable record)."""
     name = records.target_name(target)
     hardware = hardware_for_target(target)
     records_path = Path(records_dir) / records.RECORDS_FILE
@@ -616,6 +664,8 @@ def tune_workload(
         with _ctrl_c_requests_stop(session):
             try:
                 if budget > 0:
+                    if model is None:  # first: a broken records file fails before any work
+                        model = cost_model.pretrained([records_dir], exclude=workload)
                     # the workers start (and import TVM) while this process imports the rest
                     if runner is not None:
                         session.pool = TrackerPool(runner)
@@ -629,6 +679,7 @@ def tune_workload(
                         seed,
                         progress,
                         trials_per_iter,
+                        model,
                     )
             finally:
                 if session.pool is not None:
@@ -735,6 +786,7 @@ def _run_metaschedule(
     seed: int,
     progress: bool,
     trials_per_iter: int,
+    model: cost_model.CostModel,
 ) -> None:
     from tqdm.auto import tqdm
 
@@ -746,23 +798,23 @@ def _run_metaschedule(
     unnamed = [h for h in ms_logger.handlers if h.get_name() is None]
     for handler in unnamed:  # MetaSchedule's logging config formats every handler's name
         ms_logger.removeHandler(handler)
+    scorer = TransferCostModel(session, model)
+    prior = model_prior(scorer.predicted)
     space = ms.space_generator.ScheduleFn(
-        sample_config, sch_rules=[], postprocs=[], mutator_probs={MutateConfig(seed): 1.0}
+        lambda sch: sample_config(sch, prior),
+        sch_rules=[],
+        postprocs=[],
+        mutator_probs={MutateConfig(seed): 1.0},
     )
     strategy = ms.search_strategy.EvolutionarySearch(
         population_size=128, init_min_unmeasured=32, genetic_num_iters=3, eps_greedy=0.1
-    )
-    cost_model = ms.cost_model.XGBModel(
-        extractor=ConfigFeatures(session.hardware),
-        num_warmup_samples=trials_per_iter,
-        num_tuning_cores=1,
     )
     callbacks = [*ms.measure_callback.MeasureCallback.create("default"), TrialHistory(session)]
     session.progress = tqdm(
         total=budget, desc=str(session.workload), unit="trial", disable=not progress, leave=True
     )
     numpy_state = np.random.get_state()
-    np.random.seed(seed)  # XGBModel scores candidates with np.random before its warm-up ends
+    np.random.seed(seed)  # MetaSchedule's Python side draws from np.random
     session.defer_ctrl_c = True
     try:
         ms.tune_tir(
@@ -776,7 +828,7 @@ def _run_metaschedule(
             builder=ProgramBuilder(session),
             runner=SimRunner(session),
             database=ms.database.JSONDatabase(work_dir=str(work_dir)),
-            cost_model=cost_model,
+            cost_model=scorer,
             measure_callbacks=callbacks,
             task_scheduler="round-robin",
             num_tuning_cores=1,
@@ -814,6 +866,11 @@ def _ctrl_c_requests_stop(session: _Session) -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def worker_pool(max_workers: int) -> ProcessPoolExecutor:
+    """The tuner's measurement pool, for callers that simulate many configs themselves."""
+    return _pool(max_workers)
 
 
 def _pool(max_workers: int) -> ProcessPoolExecutor:
