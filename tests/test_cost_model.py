@@ -24,7 +24,7 @@ TRAINING = [  # small layers (cheap to lower), of the shapes networks have
     Workload(1, 32, 8, 8, 32, 3, 3, padding=(1, 1, 1, 1), groups=4, epilogue=RELU),
 ]
 HELD_OUT = Workload(1, 48, 10, 10, 48, 1, 1, epilogue=BIAS_RESIDUAL)
-PER_LAYER = 24
+PER_LAYER = 16
 
 
 def sampled(workload: Workload, count: int, seed: int) -> dict:
@@ -54,7 +54,7 @@ def records_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def held_out() -> dict:
-    return sampled(HELD_OUT, 40, seed=99)
+    return sampled(HELD_OUT, 30, seed=99)
 
 
 def null_correlations(measured: list[int], draws: int = 400) -> np.ndarray:
