@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -50,6 +51,17 @@ def test_run_small_network_with_check_and_artefacts(tmp_path, capsys):
     assert json.loads(trace.read_text())["traceEvents"]
     assert gantt.read_bytes()[:4] == b"\x89PNG"
     assert "A+B/N" in report.read_text()
+
+
+def test_run_with_the_baseline_and_the_timeline(capsys):
+    """--baseline adds the unfused columns and what the baseline ran; --timeline the network
+    on one accelerator timeline, no slower than its layers one after another."""
+    args = ["run", "resnet18", "--image-size", "32", "--width", "0.125", "--timing-only"]
+    assert main([*args, "--baseline", "--timeline"]) == 0
+    out = capsys.readouterr().out
+    assert "unfused" in out and "per-op" in out
+    match = re.search(r"network: (\d+) cycles on one timeline, (\d+) layer by layer", out)
+    assert match and int(match[1]) <= int(match[2])
 
 
 def test_bad_input_exits_2_with_a_message(capsys, tmp_path):

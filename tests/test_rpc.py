@@ -18,7 +18,7 @@ import pytest
 
 from tvm_convadd import cli, records, rpc, tuner
 from tvm_convadd.errors import RpcError
-from tvm_convadd.schedules.tile_config import PIPELINES, TileConfig
+from tvm_convadd.schedules.tile_config import LINE_PIPELINES, TileConfig
 from tvm_convadd.schedules.workload import Workload
 from tvm_convadd.target.registry import hardware_for_target
 from tvm_convadd.target.simulator import UNITS
@@ -186,7 +186,7 @@ def test_remote_tune_records_equal_a_local_tune(servers, local_tune, local_recor
 
 def test_jobs_measure_what_the_local_runner_does(servers):
     hardware = hardware_for_target(TARGET)
-    configs = [TileConfig(n, "height", p) for n in (1, 4, 8, 14, 28) for p in PIPELINES]
+    configs = [TileConfig(n, "height", p) for n in (1, 4, 8, 14, 28) for p in LINE_PIPELINES]
     with servers.watchdog() as runner:
         pool = rpc.TrackerPool(runner)
         try:

@@ -296,8 +296,14 @@ def _run(args, steps) -> int:
     ran = time.perf_counter() - started
     steps.update()
     steps.close()
-    report = network_report(net.session)
+    report = network_report(net.session, baseline=args.baseline)
     print(report.table())
+    if args.baseline:
+        print(report.baseline_table())
+    if args.timeline:
+        from tvm_convadd.target.timeline import network_timeline_of
+
+        print(network_timeline_of(net.session).table().splitlines()[-1])
     print(f"output shape {tuple(out.shape)}; compile {compiled:.1f} s, run {ran:.1f} s (wall)")
     if args.check:
         reference = tvm_convadd.build_reference(mod, params)(image)
@@ -462,6 +468,16 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--gantt", help="write a Gantt chart PNG of the run here")
     run.add_argument("--report", help="write the per-layer table here")
     run.add_argument("--check", action="store_true", help="compare with the pure-llvm build")
+    run.add_argument(
+        "--baseline",
+        action="store_true",
+        help="also compile each layer unfused (conv kernel, then elementwise kernels) and compare",
+    )
+    run.add_argument(
+        "--timeline",
+        action="store_true",
+        help="also put every offloaded call on one accelerator timeline (layers overlap)",
+    )
     run.add_argument("--timing-only", action="store_true", help="simulate cycles only")
     run.set_defaults(func=cmd_run)
 

@@ -6,7 +6,7 @@ fill) plus, for the other tiles, the busiest unit's remaining work, or Add + Loa
 to back when single-slot buffers ("none") forbid overlapping. LOADs follow the lowering's
 redundant-load elimination: a slot that still holds the window a tile needs is not reloaded,
 which is how a 2-D grid reuses weights (or inputs) across the tiles of its inner index.
-The same numbers are the features of the tuner's XGBoost cost model.
+The same numbers feed the tuner's cost model (`cost_model.py`) as features.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from tvm_convadd.errors import TileConfigError
-from tvm_convadd.schedules.tile_config import AXES, ORDERS, PIPELINES, TileConfig
+from tvm_convadd.schedules.tile_config import AXES, TileConfig
 from tvm_convadd.schedules.workload import Workload
 from tvm_convadd.search_space import enumerate_configs, fits
 from tvm_convadd.target.hardware import HardwareConfig
@@ -321,33 +321,6 @@ def _bytes(workload: Workload, name: str, channels: int) -> int:
     if name == "wgt":
         return channels * math.prod(workload.weight_shape[1:]) * 4
     return channels * 4
-
-
-@lru_cache(maxsize=4096)
-def features(workload: Workload, config: TileConfig, hardware: HardwareConfig) -> tuple[float, ...]:
-    """The XGBoost cost model's view of a config: knobs plus the analytic estimate's parts."""
-    est = estimate(workload, config, hardware)
-    extent, length = config.axis_extent(workload), config.tile_extent(workload)
-    log = lambda x: math.log2(max(x, 1))  # noqa: E731
-    return (
-        log(est.tiles),
-        float(length),
-        length / extent,
-        float(extent % length != 0),
-        log(config.channel_tiles),
-        *(float(config.axis == a) for a in AXES),
-        *(float(config.pipeline == p) for p in PIPELINES),
-        *(float(config.order == o) for o in ORDERS),
-        log(est.full.conv),
-        log(est.full.add),
-        log(est.full.load),
-        log(est.full.store),
-        log(est.full.period),
-        log(est.once),
-        log(est.buffer_bytes),
-        *(log(est.busy[unit]) for unit in ("load", "vload", "conv", "add", "store", "dram")),
-        log(est.cycles),
-    )
 
 
 def ranked(workload: Workload, hardware: HardwareConfig) -> list[Estimate]:
