@@ -602,23 +602,22 @@ class Program:
     def __str__(self) -> str:
         return self.listing()
 
-    def to_json(self) -> str:
-        return json.dumps(
-            {
-                "version": 1,
-                "dtype": self.dtype,
-                "meta": self.meta,
-                "tensors": {k: list(v) for k, v in self.tensors.items()},
-                "buffers": {
-                    k: {"shape": list(d.shape), "slots": d.slots, "dtype": d.dtype}
-                    for k, d in self.buffers.items()
-                },
-                "streams": {
-                    u: [instruction_to_json(i) for i in s] for u, s in self.streams.items()
-                },
+    def to_dict(self) -> dict:
+        """The program as plain JSON data (what `to_json` writes)."""
+        return {
+            "version": 1,
+            "dtype": self.dtype,
+            "meta": self.meta,
+            "tensors": {k: list(v) for k, v in self.tensors.items()},
+            "buffers": {
+                k: {"shape": list(d.shape), "slots": d.slots, "dtype": d.dtype}
+                for k, d in self.buffers.items()
             },
-            indent=1,
-        )
+            "streams": {u: [instruction_to_json(i) for i in s] for u, s in self.streams.items()},
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=1)
 
     @classmethod
     def from_json(cls, text: str) -> Program:

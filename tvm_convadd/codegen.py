@@ -93,7 +93,7 @@ class OffloadedLayer:
                 "config_source": self.config_source,
                 "hardware": self.hardware.to_dict(),
                 "functional": self.functional,
-                "program": json.loads(self.program.to_json()),
+                "program": self.program.to_dict(),
             },
             separators=(",", ":"),
         )
