@@ -48,6 +48,7 @@ from tvm_convadd.schedules.convadd import schedule_convadd
 from tvm_convadd.schedules.tile_config import TileConfig
 from tvm_convadd.schedules.workload import Workload
 from tvm_convadd.target.annotations import STAGE_ROOT_ATTR, UNIT_ATTR
+from tvm_convadd.target.evaluate import ConstCache
 from tvm_convadd.target.isa import (
     UNITS,
     Add,
@@ -230,6 +231,7 @@ class _Walker:
     instructions: list = field(default_factory=list)
     meanings: dict = field(default_factory=dict)  # (block handle, loop ranges) -> Meaning
     sources: dict = field(default_factory=dict)  # on-chip name -> DRAM tensor its LOADs read
+    consts: ConstCache = field(default_factory=ConstCache)  # compiled per-tile constants
 
     def visit(self, stmt, env: dict) -> None:
         if isinstance(stmt, tirx.SeqStmt):
@@ -290,6 +292,25 @@ class _Walker:
         reads = {self._name(a.buffer): self._operand(a, env, domain) for a in loads}
         self.instructions.append(self._instruction(block, meaning, write, reads, env, domain))
 
+    def _range(self, index, extent, env: dict, domain: dict, ranged: dict, keys) -> tuple:
+        """(first, last) element `index` reaches over the stage's loops, and with a declared
+        `extent` the last element of the range it starts; compiled interval arithmetic where
+        it is exact, TVM's int_set otherwise."""
+        last = index if extent is None else self.consts.last(index, extent)
+        low_of, high_of = self.consts.bounds(index, keys), self.consts.bounds(last, keys)
+        if low_of is not None and high_of is not None:
+            try:
+                return low_of(env, ranged)[0], high_of(env, ranged)[1]
+            except (KeyError, ZeroDivisionError):
+                pass
+        dom = {v: sym.IntervalSet(lo, hi) for v, (lo, hi) in domain.items()}
+        bound = self.analyzer.int_set(self.analyzer.simplify(substitute(index, env)), dom)
+        low, high = int(bound.min_value), int(bound.max_value)
+        if extent is not None:  # a declared range: its last element bounds it
+            tail = self.analyzer.simplify(substitute(last, env))
+            high = int(self.analyzer.int_set(tail, dom).max_value)
+        return low, high
+
     def _declared_dram_read(self, block) -> _Access:
         """A zero-filling LOAD block's one declared DRAM read: the window whose padding it is."""
         loads = _declared_reads(block)
@@ -346,15 +367,12 @@ class _Walker:
         return domain
 
     def _operand(self, access: _Access, env: dict, domain: dict, name: str | None = None):
-        dom = {v: sym.IntervalSet(lo, hi) for v, (lo, hi) in domain.items()}
+        ranged = {v.__chandle__(): span for v, span in domain.items()}
+        keys = frozenset(ranged)
         bounds = []
         for dim, index in enumerate(access.indices):
-            bound = self.analyzer.int_set(self.analyzer.simplify(substitute(index, env)), dom)
-            low, high = int(bound.min_value), int(bound.max_value)
-            if access.extents is not None:  # a declared range: its last element bounds it
-                last = self.analyzer.simplify(substitute(index + access.extents[dim] - 1, env))
-                high = int(self.analyzer.int_set(last, dom).max_value)
-            bounds.append((low, high))
+            extent = None if access.extents is None else access.extents[dim]
+            bounds.append(self._range(index, extent, env, domain, ranged, keys))
         if access.buffer.name in self.dram:
             region = tuple((lo, hi - lo + 1) for lo, hi in bounds)
             return Dram(self.dram[access.buffer.name], region)
@@ -484,6 +502,12 @@ class _Walker:
 
     # -- constant evaluation ---------------------------------------------------------------
     def _const(self, expr, env: dict) -> int:
+        compiled = self.consts.function(expr)
+        if compiled is not None:
+            try:
+                return int(compiled(env))
+            except (KeyError, ZeroDivisionError):
+                pass  # a variable left free, or a division TVM may simplify away
         value = self.analyzer.simplify(substitute(expr, env))
         if not isinstance(value, tvm.tirx.IntImm):
             raise ProgramError(f"expected a constant after unrolling the tiles, got {value}")
