@@ -634,7 +634,11 @@ def derive_tokens(instructions: list[Instruction]) -> dict[str, tuple[Instructio
         for operand in inst.reads():
             history[(operand.buffer, operand.slot)].append((unit, pos, operand.region, False))
         for operand in inst.writes():
-            history[(operand.buffer, operand.slot)].append((unit, pos, operand.region, True))
+            # what this write covers is ordered before it: a later reader stops at it, and a
+            # later writer that orders itself after it is after them too
+            key = (operand.buffer, operand.slot)
+            kept = [e for e in history[key] if not _covers(operand.region, e[2])]
+            history[key] = [*kept, (unit, pos, operand.region, True)]
     waits: dict[int, list[str]] = {}
     signals: dict[int, list[str]] = {}
     for producer, consumer in edges:
