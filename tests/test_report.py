@@ -335,8 +335,9 @@ def test_network_table_shows_the_hand_computed_figures():
     ]
     # 76 / 66 = 1.1515 of the bound, 76 / 76 of A + B
     assert lines[7] == (
-        "fused (unfused baseline not computed: network_report(..., baseline=True)): 1.152x "
-        "the network bound (busiest: conv); ideal-machine law (A+B, DMA free): 1.000x A+B"
+        "fused (unfused baseline not computed: run --baseline, or network_report(..., "
+        "baseline=True)): 1.152x the network bound (busiest: conv); ideal-machine law (A+B, DMA "
+        "free): 1.000x A+B"
     )
     assert lines[8].startswith("unfused: conv kernel, then the epilogue chain")
     assert len(lines) == 9

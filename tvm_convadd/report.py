@@ -91,6 +91,9 @@ class LayerReport:
         return self.add_overlapped / self.add_cycles if self.add_cycles else 0.0
 
 
+_BASELINE_HINT = "run --baseline, or network_report(..., baseline=True)"
+
+
 def _ratio(numerator: float, denominator: float | None) -> str:
     return f"{numerator / denominator:.3f}" if denominator else "-"
 
@@ -220,7 +223,7 @@ class NetworkReport:
         """What the unfused baseline ran, once per distinct layer: the conv kernel's config and
         cycles, the chain kernel's tiling and cycles, each per-op kernel's cycles."""
         if not self.has_baseline:
-            return "unfused baseline not computed: network_report(..., baseline=True)"
+            return f"unfused baseline not computed: {_BASELINE_HINT}"
         header = (
             f"{'layer':<60} {'conv kernel':<44} {'cycles':>9} {'chain kernel':<28} "
             f"{'cycles':>8}  per-op kernels"
@@ -250,7 +253,7 @@ class NetworkReport:
                 f"{fused / self.unfused_per_op_cycles:.3f}x unfused per-op, "
             )
         else:
-            lead = "fused (unfused baseline not computed: network_report(..., baseline=True)): "
+            lead = f"fused (unfused baseline not computed: {_BASELINE_HINT}): "
         return (
             f"{lead}{fused / self.bound_cycles:.3f}x the network bound (busiest: "
             f"{self.bound_unit}); ideal-machine law (A+B, DMA free): "
