@@ -39,7 +39,7 @@ def main() -> None:
     best: list[Record] = []
     for workload in tqdm(sorted(workloads, key=lambda w: w.key), desc=args.network):
         candidates = [r for r in tuned if r.workload == workload]
-        for config in _fitting(workload, hardware, args.top):
+        for config in heuristic.best_fitting(workload, hardware, args.top):
             program = search_space.lowered(workload, config)
             cycles = simulate(program, hardware, functional=False).total_cycles
             candidates.append(Record(workload, args.target, config, cycles))
@@ -50,20 +50,6 @@ def main() -> None:
     path = packaged_records_dir() / f"{args.network}.json"
     save_records(path, best)
     print(f"wrote {path}")
-
-
-def _fitting(workload, hardware, count: int) -> list:
-    """The `count` best-ranked configs that fit (the footprint bound skips most unlowered)."""
-    fitting = []
-    for estimate in heuristic.ranked(workload, hardware):
-        config = estimate.config
-        if heuristic.may_fit(workload, config, hardware) and search_space.fits(
-            workload, config, hardware
-        ):
-            fitting.append(config)
-            if len(fitting) == count:
-                break
-    return fitting
 
 
 if __name__ == "__main__":

@@ -74,6 +74,21 @@ class EpilogueOp:
         return cls(data["op"], data["kind"], data.get("value"))
 
 
+def epilogue_operand_names(epilogue: tuple[EpilogueOp, ...]) -> tuple[str | None, ...]:
+    """Per op of a chain, the name of its DRAM operand (None for a constant): residual, bias,
+    scale, the second of a kind residual_2, and so on."""
+    seen: dict[str, int] = {}
+    names = []
+    for op in epilogue:
+        base = OPERAND_NAMES.get((op.op, op.kind))
+        if base is None:
+            names.append(None)
+            continue
+        seen[base] = seen.get(base, 0) + 1
+        names.append(base if seen[base] == 1 else f"{base}_{seen[base]}")
+    return tuple(names)
+
+
 RESIDUAL = EpilogueOp("add", "tensor")
 BIAS = EpilogueOp("add", "channel")
 SCALE = EpilogueOp("mul", "channel")
@@ -223,16 +238,7 @@ class Workload:
     def operand_names(self) -> tuple[str | None, ...]:
         """Per epilogue op, the name of its DRAM operand (None for a constant): residual, bias,
         scale, the second of a kind residual_2, and so on."""
-        seen: dict[str, int] = {}
-        names = []
-        for op in self.epilogue:
-            base = OPERAND_NAMES.get((op.op, op.kind))
-            if base is None:
-                names.append(None)
-                continue
-            seen[base] = seen.get(base, 0) + 1
-            names.append(base if seen[base] == 1 else f"{base}_{seen[base]}")
-        return tuple(names)
+        return epilogue_operand_names(self.epilogue)
 
     @property
     def operand_shapes(self) -> dict[str, tuple[int, ...]]:

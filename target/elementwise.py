@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from tvm_convadd.errors import BufferOverflowError, ProgramError
-from tvm_convadd.schedules.workload import OPERAND_NAMES, EpilogueOp
+from tvm_convadd.schedules.workload import EpilogueOp, epilogue_operand_names
+from tvm_convadd.target.annotations import operand_buffer
 from tvm_convadd.target.hardware import HardwareConfig
 from tvm_convadd.target.isa import (
     Add,
@@ -36,7 +37,6 @@ from tvm_convadd.target.simulator import SimResult, overflowing, simulate
 
 INPUT = "x"  # the kernel's DRAM input: the tensor the op list starts from
 OUTPUT = "output"
-_BUFFER_BASES = {"residual": "res", "bias": "bias", "scale": "scale"}
 MAX_TILES = 256  # tilings beyond this only add per-transfer latency
 
 
@@ -65,25 +65,6 @@ class ElementwiseKernel:
     @property
     def cycles(self) -> int:
         return self.result.total_cycles
-
-
-def operand_names(ops: tuple[EpilogueOp, ...]) -> tuple[str | None, ...]:
-    """Per op its DRAM operand's name (None for a constant), numbered as `Workload` names them."""
-    seen: dict[str, int] = {}
-    names = []
-    for op in ops:
-        base = OPERAND_NAMES.get((op.op, op.kind))
-        if base is not None:
-            seen[base] = seen.get(base, 0) + 1
-            base = base if seen[base] == 1 else f"{base}_{seen[base]}"
-        names.append(base)
-    return tuple(names)
-
-
-def _buffer_name(tensor: str) -> str:
-    """The on-chip buffer of an operand tensor: residual -> res, bias_2 -> bias_2."""
-    base, _, number = tensor.partition("_")
-    return _BUFFER_BASES[base] + (f"_{number}" if number else "")
 
 
 def tile_regions(shape: tuple[int, ...], tiling: ElementwiseTiling) -> list[Region]:
@@ -125,10 +106,10 @@ def _declarations(shape, ops, tiling: ElementwiseTiling, vectors_once: bool):
     tensors = {INPUT: tuple(shape)}
     buffers = {"acc": BufferDecl(tile_shape, 2), "out": BufferDecl(tile_shape, 2)}
     once: list[Instruction] = []
-    for op, name in zip(ops, operand_names(ops)):
+    for op, name in zip(ops, epilogue_operand_names(ops)):
         if name is None:
             continue
-        buffer = _buffer_name(name)
+        buffer = operand_buffer(name)
         if op.kind == "tensor":
             tensors[name], buffers[buffer] = tuple(shape), BufferDecl(tile_shape, 2)
             continue
@@ -149,11 +130,11 @@ def _tile(ops, region: Region, slot: int, vectors_once: bool) -> list[Instructio
     channels = ((0, 1), region[1], (0, 1), (0, 1))  # the tile's slice of a channel vector
     instructions: list[Instruction] = [Load(dst=Slot("acc", slot, local), src=Dram(INPUT, region))]
     steps = []
-    for op, name in zip(ops, operand_names(ops)):
+    for op, name in zip(ops, epilogue_operand_names(ops)):
         if name is None:
             steps.append(AluOp(op.op, "const", value=op.value))
             continue
-        buffer = _buffer_name(name)
+        buffer = operand_buffer(name)
         if op.kind == "tensor":
             src = Slot(buffer, slot, local)
             instructions.append(Load(dst=src, src=Dram(name, region)))

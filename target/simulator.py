@@ -119,9 +119,10 @@ def simulate(
     (a network timeline whose layers' buffers are live at different times).
     Raises BufferOverflowError (before running), DeadlockError, HazardError, ProgramError.
     """
-    check_dtype(program, hardware)
     if check_buffers:
-        check_capacity(program, hardware)
+        check_capacity(program, hardware)  # the dtype too
+    else:
+        check_dtype(program, hardware)
     collecting = gc.isenabled()
     gc.disable()  # the run allocates many small acyclic tuples: collection passes only cost time
     try:

@@ -146,13 +146,17 @@ class NetworkTimeline:
                 f"{index:>3} {layer.name[:44]:<44} {layer.start:>10} {layer.end:>10} "
                 f"{layer.cycles:>9} {layer.standalone_cycles:>9}"
             )
-        rows.append(
+        rows.append(self.summary())
+        return "\n".join(rows)
+
+    def summary(self) -> str:
+        """The network on one line: the timeline against its layers alone and the bound."""
+        return (
             f"network: {self.total_cycles} cycles on one timeline, {self.standalone_cycles} "
             f"layer by layer ({self.total_cycles / max(1, self.standalone_cycles):.3f}x), bound "
             f"{self.bound_cycles} (busiest: {self.result.bound_resource}; "
             f"{self.total_cycles / max(1, self.bound_cycles):.3f}x the bound)"
         )
-        return "\n".join(rows)
 
 
 # -- composition -----------------------------------------------------------------------------

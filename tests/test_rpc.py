@@ -143,16 +143,13 @@ def servers(tracker, tmp_path_factory) -> Iterator[Servers]:
 @pytest.fixture(scope="module")
 def local_tune(tmp_path_factory) -> tuner.TuneResult:
     """A local tune with the seed the remote tunes use."""
-    records_dir = tmp_path_factory.mktemp("local")
+    return _tune(tmp_path_factory.mktemp("local"), max_workers=0)
+
+
+def _tune(records_dir, **how) -> tuner.TuneResult:
+    """WL tuned with the seed and batch size every run here shares; `how` says where."""
     return tuner.tune_workload(
-        WL,
-        TARGET,
-        TRIALS,
-        records_dir,
-        seed=0,
-        progress=False,
-        trials_per_iter=PER_ITER,
-        max_workers=0,
+        WL, TARGET, TRIALS, records_dir, seed=0, progress=False, trials_per_iter=PER_ITER, **how
     )
 
 
@@ -169,16 +166,7 @@ def _records(path) -> list[tuple]:
 
 def test_remote_tune_records_equal_a_local_tune(servers, local_tune, local_records, tmp_path):
     with servers.watchdog() as runner:
-        result = tuner.tune_workload(
-            WL,
-            TARGET,
-            TRIALS,
-            tmp_path,
-            seed=0,
-            progress=False,
-            trials_per_iter=PER_ITER,
-            runner=runner,
-        )
+        result = _tune(tmp_path, runner=runner)
     assert _records(result.records_path) == local_records
     assert result.measured == len(local_records) > 0
     assert result.trials == local_tune.trials  # the same trials fit, or fail to, in order
@@ -219,17 +207,7 @@ def test_a_server_killed_mid_tune_loses_no_record(servers, local_records, tmp_pa
             servers.procs[0].wait(timeout=10)
 
     with servers.watchdog() as runner:
-        result = tuner.tune_workload(
-            WL,
-            TARGET,
-            TRIALS,
-            tmp_path,
-            seed=0,
-            progress=False,
-            trials_per_iter=PER_ITER,
-            runner=runner,
-            on_measure=kill_one,
-        )
+        result = _tune(tmp_path, runner=runner, on_measure=kill_one)
     assert _records(result.records_path) == local_records
     assert "lost during a job" in caplog.text  # a job did go to the dead server
     deadline = time.monotonic() + 10  # the tracker drops it once its processes are gone

@@ -303,7 +303,7 @@ def _run(args, steps) -> int:
     if args.timeline:
         from tvm_convadd.target.timeline import network_timeline_of
 
-        print(network_timeline_of(net.session).table().splitlines()[-1])
+        print(network_timeline_of(net.session).summary())
     print(f"output shape {tuple(out.shape)}; compile {compiled:.1f} s, run {ran:.1f} s (wall)")
     if args.check:
         reference = tvm_convadd.build_reference(mod, params)(image)

@@ -236,9 +236,6 @@ def estimate(workload: Workload, config: TileConfig, hardware: HardwareConfig) -
     first_loads = {q: sum(first.loads[n] for n in mean if _queue(n) == q) for q in QUEUES}
     # the first tile: conv operands then its conv on one side, the epilogue's operands on the
     # other queue meanwhile, then its add and store
-    conv_ready = once["load"] + first_loads["load"] + first.conv
-    add_ready = max(conv_ready, once["vload"] + first_loads["vload"])
-    fill = add_ready + first.add + first.store
     firsts = {
         "load": once["load"] + first_loads["load"],
         "vload": once["vload"] + first_loads["vload"],
@@ -246,12 +243,13 @@ def estimate(workload: Workload, config: TileConfig, hardware: HardwareConfig) -
         "add": first.add,
         "store": first.store,
     }
+    add_ready = max(firsts["load"] + first.conv, firsts["vload"])
+    fill = add_ready + first.add + first.store
     rest = {unit: max(busy[unit] - firsts[unit], 0) for unit in firsts}
     if config.pipeline == "none":
         # one slot per buffer: conv(i+1) overwrites the acc add(i) reads, and add(i+1) the out
-        # store(i) reads
-        # (and the residual add(i) reads): conv and add alternate, and after each add the
-        # next residual and this output cross the one DRAM channel in turn
+        # store(i) reads and the residual add(i) reads: conv and add alternate, and after
+        # each add the next residual and this output cross the one DRAM channel in turn
         epilogue_dma = rest["store"] + rest["vload"] - setup * (tiles - 1)
         steady = max(
             rest["conv"] + max(rest["add"], rest["load"]),
@@ -383,12 +381,22 @@ def default_config(workload: Workload, hardware: HardwareConfig) -> TileConfig:
     """The best predicted config that fits `hardware` (lowered, best first, until one fits).
 
     Configs whose footprint cannot fit are skipped unlowered, so usually one is lowered."""
+    best = best_fitting(workload, hardware, 1)
+    if not best:
+        raise TileConfigError(_no_fit_message(workload, hardware))
+    return best[0]
+
+
+def best_fitting(workload: Workload, hardware: HardwareConfig, count: int) -> list[TileConfig]:
+    """The `count` best-ranked configs that fit `hardware`, best first (fewer if fewer fit);
+    the footprint bound skips most of the others unlowered."""
+    found = []
     for est in ranked(workload, hardware):
-        if not may_fit(workload, est.config, hardware):
-            continue
-        if fits(workload, est.config, hardware):
-            return est.config
-    raise TileConfigError(_no_fit_message(workload, hardware))
+        if may_fit(workload, est.config, hardware) and fits(workload, est.config, hardware):
+            found.append(est.config)
+            if len(found) == count:
+                break
+    return found
 
 
 def _no_fit_message(workload: Workload, hardware: HardwareConfig) -> str:

@@ -25,11 +25,9 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from functools import lru_cache
 
-from tvm_convadd.heuristic import default_config, may_fit, ranked
+from tvm_convadd.heuristic import best_fitting, default_config
 from tvm_convadd.report import config_label, resource_busy
-from tvm_convadd.schedules.tile_config import TileConfig
 from tvm_convadd.schedules.workload import Workload
-from tvm_convadd.search_space import fits
 from tvm_convadd.target.elementwise import fastest_elementwise
 from tvm_convadd.target.hardware import HardwareConfig
 from tvm_convadd.target.isa import Program
@@ -98,25 +96,14 @@ def conv_kernel(
     through the normal path and simulated timing-only."""
     bare = replace(workload, epilogue=())
     best = None
-    for config in fitting_configs(bare, hardware, candidates):
+    # none fitting: default_config raises the TileConfigError that names the buffer
+    configs = best_fitting(bare, hardware, candidates) or [default_config(bare, hardware)]
+    for config in configs:
         program = lower_to_program(bare, config, hardware)
         result = simulate(program, hardware, functional=False)
         if best is None or result.total_cycles < best.cycles:
             best = KernelRun("conv", config_label(config), program, result)
     return best
-
-
-def fitting_configs(workload: Workload, hardware: HardwareConfig, count: int) -> list[TileConfig]:
-    """The `count` best-ranked configs that fit (the footprint bound skips most unlowered);
-    raises TileConfigError, as `default_config` does, when none fits."""
-    fitting = []
-    for estimate in ranked(workload, hardware):
-        config = estimate.config
-        if may_fit(workload, config, hardware) and fits(workload, config, hardware):
-            fitting.append(config)
-            if len(fitting) == count:
-                return fitting
-    return fitting or [default_config(workload, hardware)]
 
 
 def elementwise_kernel(workload: Workload, ops, hardware: HardwareConfig) -> KernelRun:
