@@ -11,7 +11,10 @@ tile i+1 with the Add of tile i, either with TVM's software pipelining (stages 0
 InjectSoftwarePipeline versions every buffer that crosses a stage into two slots) or with two
 virtual threads (each owns a copy of the per-tile buffers). "stream_weights" software-pipelines
 a grid with the input load in its conv's stage: the input keeps one slot, and the weights of
-the next channel tile stream in under the conv of this one.
+the next channel tile stream in under the conv of this one. A reduction split (`reduce_tiles`)
+cuts the conv's input-channel loop in the tile: under it, LOAD input chunk, LOAD weight chunk and
+an accumulating CONV, a pipeline of its own (loads | conv) nested in the tile loop's, so chunk
+j+1 loads while chunk j convolves and the accumulator stays one slot of the tile's.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import tvm
+import tvm_ffi
 from tvm import s_tir
 
 from tvm_convadd.errors import TileConfigError
@@ -41,6 +45,12 @@ from tvm_convadd.target.annotations import (
 PIPELINE_STAGE = {"inp": 0, "wgt": 0, "channel": 0, "acc": 1, "tensor": 1, "out": 2, "store": 3}
 # Producer-first order of a tile's stages (compute_at then runs it in reverse).
 PROGRAM_ORDER = ("wgt", "channel", "inp", "acc", "tensor", "out")
+# A reduction chunk's stages, and their stages in the nested pipeline: loads(j+1) | conv(j).
+CHUNK_ROLES = ("wgt", "inp")
+CHUNK_STAGE = {"wgt": 0, "inp": 0, "acc": 1}
+# InjectSoftwarePipeline expands a nested pipelined loop into prologue, body and epilogue
+# before it versions the outer loop, whose annotation then needs one entry for each.
+NESTED_STATEMENTS = 3
 
 
 @dataclass(frozen=True)
@@ -71,20 +81,50 @@ def schedule_convadd(workload: Workload, config: TileConfig) -> s_tir.Schedule:
     # A channel-only tiling of an ungrouped conv reads the whole input in every tile: it loads
     # once before the tile loop (one slot), as the weights do when the channels are not cut.
     whole_input = config.input_once(workload)
+    split = config.reduce_tiles > 1
     per_tile = [s for s in stages if s.role in ("acc", "tensor", "out")]
-    per_tile += [s for s in stages if s.role == "inp" and not whole_input]
+    per_tile += [s for s in stages if s.role == "inp" and not whole_input and not split]
     if config.channel_count > 1:
-        per_tile += [s for s in stages if s.role in ("wgt", "channel")]
+        per_tile += [s for s in stages if s.role == "channel"]
+    if config.channel_count > 1 and not split:
+        per_tile += [s for s in stages if s.role == "wgt"]
     for stage in reversed(_program_order(per_tile)):
         sch.compute_at(sch.get_sblock(stage.block), tile_loop, preserve_unit_loops=True)
+    chunk_loop = _split_reduction(sch, workload, config, stages) if split else None
     for stage in stages:
         block = sch.get_sblock(stage.block)
         sch.annotate(block, UNIT_ATTR, stage.unit)
         sch.annotate(block, BUFFER_ATTR, stage.buffer)
-        sch.annotate(_stage_root(sch, block, tile_loop), STAGE_ROOT_ATTR, stage.buffer)
+        chunked = chunk_loop is not None and stage.role in (*CHUNK_ROLES, "acc")
+        root = _stage_root(sch, block, chunk_loop if chunked else tile_loop)
+        sch.annotate(root, STAGE_ROOT_ATTR, stage.buffer)
     sch.annotate(tile_loop, TILE_LOOP_ATTR, config.effective_tiles(workload))
-    _pipeline(sch, tile_loop, config)
+    if chunk_loop is not None and config.pipeline == "software":
+        _pipeline_chunks(sch, chunk_loop)
+    _pipeline(sch, tile_loop, config, chunk_loop)
     return sch
+
+
+def _split_reduction(
+    sch: s_tir.Schedule, workload: Workload, config: TileConfig, stages: list[Stage]
+) -> s_tir.schedule.LoopRV:
+    """Cut the conv's input-channel loop into `reduce_tiles` chunks, hoisted just below the
+    tile loop, and load each chunk's input and weights under it: the chunk loop."""
+    conv = sch.get_sblock(CONV)
+    *_, batch, channel, height, width, rc, _, _ = sch.get_loops(conv)
+    chunk, rc_inner = sch.split(rc, [None, config.reduce_tile_extent(workload)])
+    sch.reorder(chunk, batch, channel, height, width, rc_inner)
+    for stage in reversed(_program_order([s for s in stages if s.role in CHUNK_ROLES])):
+        sch.compute_at(sch.get_sblock(stage.block), chunk, preserve_unit_loops=True)
+    return chunk
+
+
+def _pipeline_chunks(sch: s_tir.Schedule, chunk_loop) -> None:
+    """Pipeline the chunk loop: the loads of chunk j+1 under the CONV of chunk j."""
+    body = sch.get_child_blocks(chunk_loop)
+    roles = [buffer_role(str(sch.get(b).annotations[BUFFER_ATTR])) for b in body]
+    sch.annotate(chunk_loop, "software_pipeline_stage", [CHUNK_STAGE[r] for r in roles])
+    sch.annotate(chunk_loop, "software_pipeline_order", list(range(len(body))))
 
 
 def _add_cache_stages(sch: s_tir.Schedule, workload: Workload) -> list[Stage]:
@@ -170,16 +210,42 @@ def _fused_grid(sch: s_tir.Schedule, workload: Workload, config: TileConfig, loo
     return sch.fuse(*grid)
 
 
-def _pipeline(sch: s_tir.Schedule, tile_loop, config: TileConfig) -> None:
+def _pipeline(sch: s_tir.Schedule, tile_loop, config: TileConfig, chunk_loop=None) -> None:
     if config.pipeline in ("software", "stream_weights"):
-        body = sch.get_child_blocks(tile_loop)
-        roles = [buffer_role(str(sch.get(b).annotations[BUFFER_ATTR])) for b in body]
         stages = dict(PIPELINE_STAGE)
         if config.pipeline == "stream_weights":  # the input loads with its conv: one slot
             stages["inp"] = stages["acc"]
-        sch.annotate(tile_loop, "software_pipeline_stage", [stages[r] for r in roles])
-        sch.annotate(tile_loop, "software_pipeline_order", list(range(len(body))))
+        entries = []
+        for statement in _body_statements(sch, tile_loop):
+            if chunk_loop is not None and statement.same_as(sch.get(chunk_loop)):
+                # the chunk pipeline (loads and conv, expanded) runs in the conv's stage
+                entries += [stages["acc"]] * NESTED_STATEMENTS
+            else:
+                (block,) = _blocks_in(statement)
+                entries.append(stages[buffer_role(str(block.annotations[BUFFER_ATTR]))])
+        sch.annotate(tile_loop, "software_pipeline_stage", entries)
+        sch.annotate(tile_loop, "software_pipeline_order", list(range(len(entries))))
     elif config.pipeline == "vthread":
         sch.bind(tile_loop, "vthread.x")
     elif config.pipeline != "none":
         raise TileConfigError(f"pipeline mode {config.pipeline!r}: choose one of {PIPELINES}")
+
+
+def _body_statements(sch: s_tir.Schedule, loop) -> list:
+    """The statements of a loop's body, as InjectSoftwarePipeline sees them."""
+    body = sch.get(loop).body
+    if isinstance(body, tvm.s_tir.SBlockRealize):
+        body = body.block.body
+    return list(body.seq) if isinstance(body, tvm.tirx.SeqStmt) else [body]
+
+
+def _blocks_in(statement) -> list:
+    """The stage blocks (annotated with a buffer) a statement holds."""
+    found = []
+
+    def visit(node):
+        if isinstance(node, tvm.s_tir.SBlock) and BUFFER_ATTR in node.annotations:
+            found.append(node)
+
+    tvm_ffi.structural_walk(statement, (tvm.s_tir.SBlock, visit), order="pre")
+    return found

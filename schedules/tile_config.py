@@ -19,6 +19,11 @@ PIPELINES = (*LINE_PIPELINES, "stream_weights")
 # tiles of one spatial tile back to back (its input is reused); "channel_outer" walks the spatial
 # tiles of one channel tile back to back (its weights are reused).
 ORDERS = ("spatial_outer", "channel_outer")
+# A reduction split cuts the input channels of every output tile into `reduce_tiles` chunks, one
+# accumulating CONV each, its input and weight chunks double-buffered by a pipeline nested in the
+# tile loop: an input too big to double-buffer whole streams in chunks, with no cost on the
+# array when a chunk is a multiple of its rows. The modes that can nest it:
+REDUCE_PIPELINES = ("none", "software")
 
 
 def whole_groups(workload: Workload, channels: int) -> bool:
@@ -38,6 +43,8 @@ class TileConfig:
     software pipelining (InjectSoftwarePipeline double-buffers the accumulator); "vthread"
     binds tile pairs to two virtual threads (InjectVirtualThread gives each its own copy);
     "stream_weights" (a 2-D grid only) software-pipelines with the input in one slot.
+    `reduce_tiles` cuts the input channels of each tile into chunks that accumulate into its
+    accumulator (an ungrouped conv, pipeline "software" or "none").
     A count need not divide its axis: tiles are ceil(extent / N) long and the last one is
     predicated. A channel tile of a grouped conv holds whole groups or lies within one.
     """
@@ -47,6 +54,7 @@ class TileConfig:
     pipeline: str = "software"
     channel_tiles: int = 1
     order: str = "spatial_outer"
+    reduce_tiles: int = 1
 
     def __post_init__(self) -> None:
         if self.axis not in AXES:
@@ -58,6 +66,7 @@ class TileConfig:
         for name, count in (
             ("tile count", self.n_tiles),
             ("channel tile count", self.channel_tiles),
+            ("reduce tile count", self.reduce_tiles),
         ):
             if not isinstance(count, int) or isinstance(count, bool) or count < 1:
                 raise TileConfigError(f"{name} {count!r}: must be an integer >= 1")
@@ -66,6 +75,11 @@ class TileConfig:
                 f"pipeline {self.pipeline!r} streams the weights of a 2-D grid: give "
                 "channel_tiles >= 2 with a spatial axis, or choose one of "
                 f"{LINE_PIPELINES}"
+            )
+        if self.reduce_tiles > 1 and self.pipeline not in REDUCE_PIPELINES:
+            raise TileConfigError(
+                f"reduce_tiles={self.reduce_tiles} with pipeline {self.pipeline!r}: a reduction "
+                f"split nests its own pipeline; choose one of {REDUCE_PIPELINES}"
             )
         if self.axis == "channel" and self.channel_tiles != 1:
             raise TileConfigError(
@@ -90,8 +104,8 @@ class TileConfig:
 
     def input_once(self, workload: Workload) -> bool:
         """Whether the input loads whole, once, before the tile loop: when only the channels
-        are cut and every tile reads all input channels (an ungrouped conv)."""
-        return self.axis == "channel" and workload.groups == 1
+        are cut and every tile reads all input channels (an ungrouped conv), unsplit."""
+        return self.axis == "channel" and workload.groups == 1 and self.reduce_tiles == 1
 
     def axis_extent(self, workload: Workload) -> int:
         """Extent of the tiled output axis."""
@@ -113,6 +127,16 @@ class TileConfig:
                 f"channel tile count {self.channel_tiles} for {channels} output channels: "
                 f"choose 1..{channels}"
             )
+        if self.reduce_tiles > 1 and workload.groups > 1:
+            raise TileConfigError(
+                f"reduce_tiles={self.reduce_tiles} for the grouped conv {workload}: a reduction "
+                "split needs groups=1; use reduce_tiles=1"
+            )
+        if self.reduce_tiles > workload.in_channels:
+            raise TileConfigError(
+                f"reduce tile count {self.reduce_tiles} for {workload.in_channels} input "
+                f"channels: choose 1..{workload.in_channels}"
+            )
         if not whole_groups(workload, self.channel_tile_extent(workload)):
             per_group = workload.group_out_channels
             raise TileConfigError(
@@ -132,6 +156,14 @@ class TileConfig:
         """Output channels of every tile but possibly the last."""
         return -(-workload.out_channels // self.channel_count)
 
+    def reduce_tile_extent(self, workload: Workload) -> int:
+        """Input channels of every reduction chunk but possibly the last."""
+        return -(-workload.in_channels // self.reduce_tiles)
+
+    def effective_reduce_tiles(self, workload: Workload) -> int:
+        """Reduction chunks that hold any input channel."""
+        return -(-workload.in_channels // self.reduce_tile_extent(workload))
+
     def effective_tiles(self, workload: Workload) -> int:
         """Tiles that hold any output: fewer than the grid when ceil division leaves some
         empty."""
@@ -143,7 +175,11 @@ class TileConfig:
         return along_axis * -(-channels // self.channel_tile_extent(workload))
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The fields; `reduce_tiles` only when split, so unsplit records read as before."""
+        data = asdict(self)
+        if self.reduce_tiles == 1:
+            del data["reduce_tiles"]
+        return data
 
     @classmethod
     def from_dict(cls, data: dict) -> TileConfig:
@@ -153,4 +189,6 @@ class TileConfig:
         text = f"N={self.n_tiles} axis={self.axis} pipeline={self.pipeline}"
         if self.channel_tiles != 1:
             text += f" channel_tiles={self.channel_tiles} order={self.order}"
+        if self.reduce_tiles != 1:
+            text += f" reduce_tiles={self.reduce_tiles}"
         return text

@@ -55,9 +55,10 @@ class FunctionalMachine:
 
     def execute(self, inst) -> None:
         if isinstance(inst, Conv):
-            self.view(inst.acc)[...] = _conv2d(
-                self.view(inst.inp), self.view(inst.wgt), inst.stride, inst.groups
-            )
+            value = _conv2d(self.view(inst.inp), self.view(inst.wgt), inst.stride, inst.groups)
+            if inst.accumulate:  # in float64 before the one cast, as a full reduction would
+                value = value + self.view(inst.acc)
+            self.view(inst.acc)[...] = value
         elif isinstance(inst, Add):
             value = self.view(inst.acc).astype(np.float64)
             for op in inst.ops:

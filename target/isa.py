@@ -253,7 +253,9 @@ def format_pad(pad: Pad) -> str:
 
 @dataclass(frozen=True, kw_only=True)
 class Conv(Instruction):
-    """acc = conv2d(inp, wgt, groups) over the whole input-channel and kernel window of the regions.
+    """acc = conv2d(inp, wgt, groups) over the whole input-channel and kernel window of the regions,
+    or with `accumulate` acc += it: a reduction split over input channels runs one CONV per
+    channel chunk into the same acc, the first one initialising it.
 
     With cg = the wgt region's C extent and ng = acc channels / groups, acc channel j (local to
     the region) reduces over inp channels [(j // ng) * cg, (j // ng + 1) * cg) and the kernel
@@ -267,6 +269,7 @@ class Conv(Instruction):
     acc: Slot
     stride: tuple[int, int] = (1, 1)
     groups: int = 1
+    accumulate: bool = False
 
     def operands(self):
         return {"inp": self.inp, "wgt": self.wgt, "acc": self.acc}
@@ -278,7 +281,7 @@ class Conv(Instruction):
         return region_size(self.acc.region) * channels * kernel_h * kernel_w
 
     def reads(self):
-        return (self.inp, self.wgt)
+        return (self.inp, self.wgt, self.acc) if self.accumulate else (self.inp, self.wgt)
 
     def writes(self):
         return (self.acc,)
@@ -416,13 +419,20 @@ def instruction_to_json(inst: Instruction) -> dict:
     if isinstance(inst, Conv):
         data["stride"] = list(inst.stride)
         data["groups"] = inst.groups
+        if inst.accumulate:
+            data["accumulate"] = True
     data["wait"] = list(inst.wait)
     data["signal"] = list(inst.signal)
     return data
 
 
 _OPERANDS = ("dst", "src", "inp", "wgt", "acc", "out")
-_ATTRIBUTES = {"LOAD": ("pad",), "CONV": ("stride", "groups"), "ADD": ("ops",), "STORE": ()}
+_ATTRIBUTES = {
+    "LOAD": ("pad",),
+    "CONV": ("stride", "groups", "accumulate"),
+    "ADD": ("ops",),
+    "STORE": (),
+}
 _REQUIRED_ATTRIBUTES = {"CONV": ("groups",), "ADD": ("ops",)}
 
 
@@ -463,6 +473,11 @@ def instruction_from_json(data: dict, where: str) -> Instruction:
                 raise ProgramError(f"{where}: CONV stride {_show(stride)}: give two integers >= 1")
             kwargs["stride"] = tuple(stride)
         kwargs["groups"] = _int(data["groups"], f"{where} CONV.groups", 1)
+        if "accumulate" in data:
+            if not isinstance(data["accumulate"], bool):
+                shown = _show(data["accumulate"])
+                raise ProgramError(f"{where}: CONV accumulate {shown}: give true or false")
+            kwargs["accumulate"] = data["accumulate"]
     if cls is Add:
         items = _list(data["ops"], f"{where} ADD.ops")
         kwargs["ops"] = tuple(
@@ -590,6 +605,7 @@ class Program:
                 if isinstance(inst, Conv):
                     extra = f", stride={inst.stride[0]}x{inst.stride[1]}"
                     extra += f", groups={inst.groups}" if inst.groups != 1 else ""
+                    extra += ", accumulate" if inst.accumulate else ""
                 if isinstance(inst, Add):
                     ops = f"{inst.out} = {inst.expression()}"
                 flags = inst.flags()

@@ -67,10 +67,12 @@ from tvm_convadd.target.semantics import (
     Indexing,
     Meaning,
     bound_side,
+    init_mode,
     mismatch,
     read_meaning,
     show_expr,
     substitute,
+    vars_in,
 )
 from tvm_convadd.target.simulator import overflowing
 
@@ -232,6 +234,10 @@ class _Walker:
     meanings: dict = field(default_factory=dict)  # (block handle, loop ranges) -> Meaning
     sources: dict = field(default_factory=dict)  # on-chip name -> DRAM tensor its LOADs read
     consts: ConstCache = field(default_factory=ConstCache)  # compiled per-tile constants
+    init_modes: dict = field(default_factory=dict)  # (meaning, outer values) -> accumulates
+    filled: dict = field(default_factory=dict)  # (buffer, slot) -> [(dst, src, pad)] of LOADs
+    reduced: dict = field(default_factory=dict)  # (acc buffer, slot, region) -> channels summed
+    full_reduction: int = 0  # the weight's input channels
 
     def visit(self, stmt, env: dict) -> None:
         if isinstance(stmt, tirx.SeqStmt):
@@ -413,18 +419,21 @@ class _Walker:
                 acc=write,
                 stride=tuple(s or 1 for s in meaning.stride),  # any stride, for one row
                 groups=self._groups(block, meaning, write, env, domain),
+                accumulate=self._accumulates(block, meaning, env),
             )
             weight = self.tensors.get(self.sources.get("wgt", ""))
             taps = tuple(extent for _, extent in conv.wgt.region[1:])
-            if weight is not None and taps != tuple(weight[1:]):
+            if weight is not None and (taps[1:] != tuple(weight[2:]) or taps[0] > weight[1]):
                 raise mismatch(
                     block,
                     "conv",
                     f"it reduces over C x R x S = {taps} of wgt, the weight "
                     f"tensor has {tuple(weight[1:])}",
                 )
+            self._reduce(block, conv, weight)
             return conv
         if meaning.unit == "add":
+            self._check_reduced(block, reads["acc"])
             ops = tuple(
                 AluOp(op, kind, None if buffer is None else reads[buffer], value)
                 for op, kind, buffer, value in meaning.ops
@@ -432,6 +441,74 @@ class _Walker:
             return Add(acc=reads["acc"], out=write, ops=ops)
         (src,) = reads.values()
         return Store(src=src, dst=write)
+
+    def _reduce(self, block, conv: Conv, weight: tuple | None) -> None:
+        """Follow the input channels each accumulator region has summed: a CONV that starts
+        one must start at channel 0, one that accumulates must go on where the last stopped,
+        and its input and weight chunks must be the same channels (read off their LOADs)."""
+        if weight is None:
+            return
+        key = (conv.acc.buffer, conv.acc.slot, conv.acc.region)
+        window = self._channels(conv.wgt)
+        if conv.groups == 1 and conv.wgt.region[1][1] < weight[1]:
+            inp = self._channels(conv.inp)
+            if inp != window:
+                raise mismatch(
+                    block,
+                    "conv",
+                    f"its input chunk holds channels {_span(inp)} and its weight chunk "
+                    f"{_span(window)}",
+                )
+        done = self.reduced.get(key)
+        start = done[1] if conv.accumulate and done is not None else 0
+        if window is None or window[0] != start:
+            what = "accumulates" if conv.accumulate else "starts"
+            raise mismatch(
+                block,
+                "conv",
+                f"it {what} {conv.acc} with input channels {_span(window)}, where channel "
+                f"{start} comes next",
+            )
+        self.reduced[key] = (
+            window[0] if done is None or not conv.accumulate else done[0],
+            window[1],
+        )
+        self.full_reduction = weight[1]
+
+    def _check_reduced(self, block, acc: Slot) -> None:
+        """An ADD reads an accumulator region only once every input channel is summed in."""
+        done = self.reduced.get((acc.buffer, acc.slot, acc.region))
+        if done is not None and done != (0, self.full_reduction):
+            raise mismatch(
+                block,
+                "add",
+                f"it reads {acc}, which has summed input channels {_span(done)} of "
+                f"{self.full_reduction}",
+            )
+
+    def _channels(self, operand: Slot) -> tuple[int, int] | None:
+        """The DRAM channels [start, end) the LOAD that last filled `operand` put there."""
+        for dst, src, pad in reversed(self.filled.get((operand.buffer, operand.slot), ())):
+            if _covers(dst.region, operand.region):
+                before = pad[1][0] if pad else 0
+                start = src.region[1][0] + operand.region[1][0] - dst.region[1][0] - before
+                return start, start + operand.region[1][1]
+        return None
+
+    def _accumulates(self, block, meaning: Meaning, env: dict) -> bool:
+        """Whether this tile's CONV adds to acc: its init's guard, the outer loops known, never
+        holds (a later chunk of a reduction split), or holds on its first step only."""
+        if meaning.accumulate is not None:
+            return meaning.accumulate
+        guard, reduction, ix = meaning.init_guard
+        outer = tuple(dict.fromkeys(v for v in vars_in(guard) if v in env))
+        key = (id(meaning), tuple(env[v] for v in outer))
+        found = self.init_modes.get(key)
+        if found is None:
+            guard = self.analyzer.simplify(substitute(guard, env))
+            found = init_mode(guard, reduction, ix, lambda text: mismatch(block, "conv", text))
+            self.init_modes[key] = found
+        return found
 
     def _groups(self, block, meaning: Meaning, acc: Slot, env: dict, domain: dict) -> int:
         """The CONV's groups on this tile: its acc channels / ng when they span several groups of
@@ -487,6 +564,9 @@ class _Walker:
         if zeros and all(extent for _, extent in load.src.region):
             raise mismatch(block, "load", f"it fills zeros, but its window {src} holds data")
         self.sources[dst.buffer] = src.tensor
+        key = (dst.buffer, dst.slot)
+        kept = [f for f in self.filled.get(key, ()) if not _overlaps(f[0].region, dst.region)]
+        self.filled[key] = [*kept, (load.dst, load.src, load.pad)]
         return load
 
     def _false_on_tile(self, slacks: tuple, env: dict, domain: dict) -> bool:
@@ -515,6 +595,10 @@ class _Walker:
 
     def _true(self, expr, env: dict) -> bool:
         return bool(self._const(expr, env))
+
+
+def _span(window: tuple[int, int] | None) -> str:
+    return "unknown" if window is None else f"[{window[0]}, {window[1]})"
 
 
 def _accesses(block) -> tuple[_Access, list[_Access]]:

@@ -47,8 +47,8 @@ def substitute(expr, env: dict):
 _FORMS = {
     "load": "a copy dst[i] = src[i + o], zero outside src: if_then_else(bounds of src, src, 0)",
     "conv": (
-        "acc[n, k, y, x] = 0, then += inp[n, (k // ng) * cg + c, y*sh + r, x*sw + s] * "
-        "wgt[k, c, r, s]"
+        "acc[n, k, y, x] = 0 (or, on a later chunk of a reduction split, nothing), then += "
+        "inp[n, (k // ng) * cg + c, y*sh + r, x*sw + s] * wgt[k, c, r, s]"
     ),
     "add": (
         "out = a chain v = op(v, x) from v = acc, op add/mul/max/min, x a tensor res[n, k, y, x],"
@@ -69,6 +69,8 @@ class Meaning:
     group_size: int | None = None  # conv: ng, None when the input channel ignores k
     group_var: object = None  # conv: the loop over k that the group index divides
     group_offset: object = None  # conv: b in (k + b) // ng, an expression of the outer loops
+    accumulate: bool | None = False  # conv: no init (a later chunk); None: the tile decides
+    init_guard: object = None  # conv with accumulate None: the init's condition, outer loops in
     ops: tuple[tuple[str, str, str | None, float | None], ...] = ()  # add: (op, kind, buf, value)
     fill: str = ""  # load: "copy", "padded" or "zero" (a window wholly in padding)
     unguarded: tuple[tuple[int, int], ...] = ()  # load: (dim, 0 low / 1 high) read unchecked
@@ -113,7 +115,7 @@ class Indexing:
         self.vars = [var for var, _, _ in self.loops]
         fixed = {var: lo for var, lo, extent in loops if extent == 1}
         if fixed:  # StmtSimplify has usually folded them already: skip substituting then
-            used = {var.__chandle__() for var in _vars_in(body)}
+            used = {var.__chandle__() for var in vars_in(body)}
             fixed = {var: lo for var, lo in fixed.items() if var.__chandle__() in used}
         self.fixed = fixed
         self.fixed_handles = {var.__chandle__() for var in fixed}
@@ -236,7 +238,8 @@ def _slack(atom):
     return None
 
 
-def _vars_in(expr) -> list:
+def vars_in(expr) -> list:
+    """The variables an expression reads (repeats included)."""
     found = []
     tvm_ffi.structural_walk(expr, (tvm.ir.Var, found.append), order="pre")
     return found
@@ -532,9 +535,16 @@ def _conv_meaning(block, ix: Indexing, walker: _Walker, meaning: Meaning) -> Mea
         if row != expected:
             raise fail(f"the input's {axis} in {inp_text} is not y*stride + r of acc and wgt")
         stride.append(step)
-    _check_init_guard(guard, [ix.loops[j] for j in reduction], ix, fail)
+    reduction_loops = [ix.loops[j] for j in reduction]
+    outer = guard is not None and any(
+        var.__chandle__() not in ix.position and var.__chandle__() not in ix.fixed_handles
+        for var in vars_in(guard)
+    )
+    accumulate = None if outer else init_mode(guard, reduction_loops, ix, fail)
     return replace(
         meaning,
+        accumulate=accumulate,
+        init_guard=(guard, reduction_loops, ix) if outer else None,
         stride=tuple(stride),
         group_size=group_size,
         group_var=None if group_size is None else ix.vars[out[1]],
@@ -575,6 +585,17 @@ def _group_form(index, k: int | None, c: int | None, ix: Indexing, inp_text: str
     return int(size.value), offset
 
 
+def init_mode(guard, reduction: list, ix: Indexing, fail) -> bool:
+    """Whether a CONV accumulates: its init never runs (a guard false on the whole nest, as on
+    a reduction split's later chunks), else it must run exactly on the reduction's first step."""
+    if guard is not None:
+        with ix.analyzer.constraint_scope(ix.ranges):
+            if ix.analyzer.can_prove(tirx.Not(ix.expr(guard))):
+                return True
+    _check_init_guard(guard, reduction, ix, fail)
+    return False
+
+
 def _check_init_guard(guard, reduction: list, ix: Indexing, fail) -> None:
     """The init must run exactly on the first step of the reduction loops."""
     loops = {var.__chandle__(): (var, lo, extent) for var, lo, extent in reduction}
@@ -600,7 +621,7 @@ def _first_step(atom, loops: dict, ix: Indexing):
     atom = ix.analyzer.simplify(atom)
     if _is_int(atom, 1):
         return "always"
-    used = {var.__chandle__(): var for var in _vars_in(atom)}
+    used = {var.__chandle__(): var for var in vars_in(atom)}
     if len(used) != 1 or next(iter(used)) not in loops:
         return None
     var, lo, extent = loops[next(iter(used))]

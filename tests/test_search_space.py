@@ -183,16 +183,17 @@ def test_estimate_tracks_the_simulator(workload, hardware):
 
 
 def test_weights_that_fit_no_tiling_name_the_buffer_and_the_bytes(hardware):
-    """Even one output channel per tile (weights streamed per channel tile) needs 64 x 3 x 3
-    floats of weights: on a 1 KiB weight buffer the error names the layer, the buffer, the
-    bytes needed and those available, in one line."""
+    """Even one output channel per tile and the finest reduction split the space holds (16
+    chunks of 4 input channels, double-buffered) need 2 x 4 x 3 x 3 floats of weights: on a
+    256 B weight buffer the error names the layer, the buffer, the bytes needed and those
+    available, in one line."""
     data = {**hardware.to_dict(), "name": "tiny_wgt"}
-    data["buffer_bytes"] = {**data["buffer_bytes"], "wgt": 1024}
+    data["buffer_bytes"] = {**data["buffer_bytes"], "wgt": 256}
     tiny = HardwareConfig.from_dict(data)
     workload = Workload(1, 64, 8, 8, 64, 3, 3, padding=(1, 1, 1, 1))
     with pytest.raises(TileConfigError) as info:
         heuristic.default_config(workload, tiny)
     message = str(info.value)
     assert "\n" not in message
-    assert f"layer {workload}: its wgt buffer needs {64 * 9 * 4} bytes" in message
-    assert "tiny_wgt has 1024" in message
+    assert f"layer {workload}: its wgt buffer needs {2 * 4 * 9 * 4} bytes" in message
+    assert "tiny_wgt has 256" in message

@@ -77,6 +77,7 @@ def features(workload: Workload, config: TileConfig, hardware: HardwareConfig) -
         math.log2(max(est.tiles, 1)),
         math.log2(config.spatial_count),
         math.log2(config.channel_count),
+        math.log2(config.effective_reduce_tiles(workload)),
         spatial_tile / spatial_extent,
         channel_tile / workload.out_channels,
         float(spatial_extent % spatial_tile != 0),

@@ -38,6 +38,8 @@ class TileCost:
     add: int
     store: int
     tile_bytes: int
+    head: int = 0  # split: the first chunk's conv operands, what the first CONV waits for
+    last_conv: int = 0  # split: the last chunk's conv, which no load of this tile hides under
 
     @property
     def load(self) -> int:
@@ -97,32 +99,66 @@ def _grid(workload: Workload, config: TileConfig) -> _Grid:
 
 
 @lru_cache(maxsize=65536)
+def split_tile_cost(
+    workload: Workload,
+    axis: str,
+    length: int,
+    hardware: HardwareConfig,
+    channels: int | None,
+    chunks: tuple[int, ...],
+) -> TileCost:
+    """A tile whose input channels come in `chunks` (a reduction split): its conv operands
+    and conv summed over the chunks, the rest once; one slot holds the largest chunk."""
+    parts = [tile_cost(workload, axis, length, hardware, channels, c) for c in chunks]
+    first = parts[0]
+    conv_loads = {n: sum(p.loads[n] for p in parts) for n in ("inp", "wgt")}
+    return TileCost(
+        loads={**first.loads, **conv_loads},
+        conv=sum(p.conv for p in parts),
+        add=first.add,
+        store=first.store,
+        tile_bytes=first.tile_bytes,
+        head=first.conv_operands,
+        last_conv=parts[-1].conv,
+    )
+
+
+@lru_cache(maxsize=65536)
 def tile_cost(
     workload: Workload,
     axis: str,
     length: int,
     hardware: HardwareConfig,
     channels: int | None = None,
+    chunk: int | None = None,
+    whole_input: bool = False,
 ) -> TileCost:
     """Unit cycles of the first output tile `length` long along `axis` (and `channels` wide; a
-    channel `axis` makes `length` the channel count). Its DMA regions are those the lowering
-    emits for tile 0: padding clipped off, runs counted in DRAM."""
+    channel `axis` makes `length` the channel count), or with `chunk` of its first `chunk`
+    input channels' share (a reduction split's CONV). Its DMA regions are those the lowering
+    emits for tile 0: the input window the tile reads (`whole_input`: the padded input, loaded
+    once), padding clipped off, runs counted in DRAM."""
     wl, dtype = workload, workload.dtype
     batch, out_channels, rows, cols = wl.out_shape
     channels = out_channels if channels is None else channels
-    in_rows, in_cols = wl.padded_height, wl.padded_width
     if axis == "height":
-        rows, in_rows = length, (length - 1) * wl.stride[0] + wl.kernel_h
+        rows = length
     elif axis == "width":
-        cols, in_cols = length, (length - 1) * wl.stride[1] + wl.kernel_w
+        cols = length
     else:
         channels = length
+    in_rows = (rows - 1) * wl.stride[0] + wl.kernel_h
+    in_cols = (cols - 1) * wl.stride[1] + wl.kernel_w
+    if whole_input:
+        in_rows, in_cols = wl.padded_height, wl.padded_width
     groups = -(-channels // wl.group_out_channels)  # groups in the tile (whole, by validation)
     in_channels = min(wl.in_channels, groups * wl.group_in_channels)
+    reduced = wl.weight_shape[1] if chunk is None else chunk  # the weight's C this CONV sums
+    in_channels = in_channels if chunk is None else chunk
     top, _, left, _ = wl.padding
     out_region = ((0, batch), (0, channels), (0, rows), (0, cols))
     inp_region = ((0, batch), (0, in_channels), (-top, in_rows), (-left, in_cols))
-    wgt_region = ((0, channels), *((0, d) for d in wl.weight_shape[1:]))
+    wgt_region = ((0, channels), (0, reduced), *((0, d) for d in wl.weight_shape[2:]))
     vec_region = ((0, 1), (0, channels), (0, 1), (0, 1))
     loads = {
         "inp": hardware.region_dma_cycles(inp_region, wl.data_shape, dtype),
@@ -132,7 +168,8 @@ def tile_cost(
         region = out_region if shape == wl.out_shape else vec_region
         loads[name] = hardware.region_dma_cycles(region, shape, dtype)
     out = batch * channels * rows * cols
-    pixels, reduction, per_group = batch * rows * cols, wl.gemm[1], wl.group_out_channels
+    pixels, per_group = batch * rows * cols, wl.group_out_channels
+    reduction = reduced * wl.kernel_h * wl.kernel_w
     conv_groups = groups if wl.groups > 1 else 1
     conv_channels = per_group if wl.groups > 1 else channels
     vectors = sum(1 for shape in wl.operand_shapes.values() if shape != wl.out_shape)
@@ -144,7 +181,7 @@ def tile_cost(
         store=hardware.region_dma_cycles(out_region, wl.out_shape, dtype),
         tile_bytes=(
             batch * in_channels * in_rows * in_cols
-            + channels * math.prod(wl.weight_shape[1:])
+            + channels * reduced * wl.kernel_h * wl.kernel_w
             + (2 + tensors) * out
             + vectors * channels
         )
@@ -189,13 +226,19 @@ def estimate(workload: Workload, config: TileConfig, hardware: HardwareConfig) -
     axis = config.axis if config.axis != "channel" else "height"
     spatial_tiled = config.axis != "channel"
 
+    chunks = _lengths(workload.in_channels, config.reduce_tiles)
+    whole_input = config.input_once(workload)
+
     def cost(rows: int, channels: int) -> TileCost:
-        return tile_cost(workload, axis, rows, hardware, channels)
+        if len(chunks) > 1:
+            return split_tile_cost(workload, axis, rows, hardware, channels, chunks)
+        return tile_cost(workload, axis, rows, hardware, channels, None, whole_input)
 
     slots = SLOTS[config.pipeline]
     ns, nc = len(grid.spatial), len(grid.channel)
     tiles = ns * nc
-    once_names = ["wgt"] if config.channel_count == 1 else []
+    split = len(chunks) > 1
+    once_names = ["wgt"] if config.channel_count == 1 and not split else []
     if config.input_once(workload):  # the whole input, before the tile loop
         once_names.append("inp")
     if config.channel_count == 1:
@@ -219,12 +262,16 @@ def estimate(workload: Workload, config: TileConfig, hardware: HardwareConfig) -
         outer, inner = (nc, ns) if grid.channel_outer else (ns, nc)
         on_outer, on_inner = (on_c, on_s) if grid.channel_outer else (on_s, on_c)
         operand_slots = INPUT_SLOTS[config.pipeline] if name == "inp" else slots
-        count = _loads(outer, inner, operand_slots, on_outer, on_inner)
+        chunked = split and name in ("inp", "wgt")
+        if chunked:  # each chunk keeps a slot of its own only if the chunks fit the slots
+            count = _loads(outer, inner, 1, on_outer, on_inner) if len(chunks) <= slots else tiles
+        else:
+            count = _loads(outer, inner, operand_slots, on_outer, on_inner)
         counts[name] = count
         total = sum(n * cost(r, c).loads[name] for (r, c), n in shapes.items())
         mean[name] = total / tiles
         busy[_queue(name)] += round(count * mean[name])
-        transfers += count
+        transfers += count * (len(chunks) if chunked else 1)
     for (rows, channels), n in shapes.items():
         tile = cost(rows, channels)
         busy["conv"] += n * tile.conv
@@ -243,7 +290,10 @@ def estimate(workload: Workload, config: TileConfig, hardware: HardwareConfig) -
         "add": first.add,
         "store": first.store,
     }
-    add_ready = max(firsts["load"] + first.conv, firsts["vload"])
+    conv_done = firsts["load"] + first.conv
+    if split:  # chunk j+1 loads under the conv of chunk j
+        conv_done = max(once["load"] + first.head + first.conv, firsts["load"] + first.last_conv)
+    add_ready = max(conv_done, firsts["vload"])
     fill = add_ready + first.add + first.store
     rest = {unit: max(busy[unit] - firsts[unit], 0) for unit in firsts}
     if config.pipeline == "none":
@@ -256,7 +306,16 @@ def estimate(workload: Workload, config: TileConfig, hardware: HardwareConfig) -
             rest["add"] + (epilogue_dma if hardware.dma_bytes_per_cycle else rest["store"]),
         )
     else:
-        per_tile = _tile_periods(config, tiles, rest, mean, counts, setup, hardware)
+        # an odd chunk count ends a tile on the slot the next tile's first chunk loads into
+        bubble = 0
+        if split:
+            # a chunk's loads that come again on every tile (reused ones stay on chip)
+            reloaded = sum(mean[n] for n in ("inp", "wgt") if counts[n] >= tiles) / len(chunks)
+            if len(chunks) % 2:  # the tile ends on the slot the next one's first chunk needs
+                bubble += round(reloaded)
+            if hardware.dma_bytes_per_cycle and reloaded:
+                bubble += _epilogue_stall(workload, first, len(chunks), reloaded, mean, setup)
+        per_tile = _tile_periods(config, tiles, rest, mean, counts, setup, hardware, bubble)
         steady = max(*rest.values(), per_tile)
     if config.pipeline == "vthread" and tiles > 1:  # a tile pair's loads precede its convs
         fill += first_loads["load"]
@@ -272,7 +331,7 @@ def estimate(workload: Workload, config: TileConfig, hardware: HardwareConfig) -
     return Estimate(config, tiles, first, last, sum(once.values()), cycles, buffer_bytes, busy)
 
 
-def _tile_periods(config, tiles, rest, mean, counts, setup, hardware) -> int:
+def _tile_periods(config, tiles, rest, mean, counts, setup, hardware, bubble=0) -> int:
     """The pipelined tiles after the first, tile by tile: a load prefetches one tile ahead, so
     an operand reloaded only every few tiles (the input of a spatial_outer grid) must hide
     under one tile's conv, not under the average. Each tile lasts as long as its busiest unit
@@ -293,7 +352,8 @@ def _tile_periods(config, tiles, rest, mean, counts, setup, hardware) -> int:
         else:
             sparse[name] = cost
     jit_input = config.pipeline == "stream_weights"
-    conv = per["conv"] + (mean.get("inp", 0.0) if jit_input and "inp" not in sparse else 0.0)
+    conv = per["conv"] + bubble
+    conv += mean.get("inp", 0.0) if jit_input and "inp" not in sparse else 0.0
     dense = max(conv, per["add"], per["store"], *queues.values(), dram)
     if not sparse:
         return round(later * dense)
@@ -305,6 +365,19 @@ def _tile_periods(config, tiles, rest, mean, counts, setup, hardware) -> int:
         conv += sparse["inp"]
     loaded = max(conv, per["add"], per["store"], *queues.values(), dram)
     return round((later - heavy) * dense + heavy * loaded)
+
+
+def _epilogue_stall(workload, first: TileCost, chunks: int, reloaded: float, mean, setup) -> int:
+    """Conv cycles a split tile loses to its epilogue's transfers: the DRAM channel serves one
+    transfer at a time, first come first served, so a tile's residual loads and result store
+    hold it whole while the conv has only the next chunk (`reloaded` cycles of loads) to
+    work on."""
+    epilogue = first.store - setup
+    for name, shape in workload.operand_shapes.items():
+        if shape == workload.out_shape:
+            epilogue += mean[name] - setup
+    slack = first.conv / chunks - reloaded
+    return max(round(epilogue - slack), 0)
 
 
 QUEUES = ("load", "vload")  # the read queues: conv operands, epilogue operands
@@ -341,6 +414,10 @@ def footprint(workload: Workload, config: TileConfig) -> dict[str, int]:
     in_cols = (width - 1) * workload.stride[1] + workload.kernel_w
     groups = -(-channels // workload.group_out_channels) if workload.groups > 1 else 1
     in_channels = min(workload.in_channels, groups * workload.group_in_channels)
+    split = config.reduce_tiles > 1
+    reduced = config.reduce_tile_extent(workload) if split else workload.weight_shape[1]
+    if split:
+        in_channels = reduced
     if config.input_once(workload):  # loaded whole: the padded input
         in_rows, in_cols = workload.padded_height, workload.padded_width
     tile = SLOTS[config.pipeline]
@@ -359,9 +436,11 @@ def footprint(workload: Workload, config: TileConfig) -> dict[str, int]:
         * in_rows
         * in_cols
         * elem,
-        "wgt": (tile if channel_tiled else 1)
+        "wgt": (tile if channel_tiled or split else 1)
         * channels
-        * math.prod(workload.weight_shape[1:])
+        * reduced
+        * workload.kernel_h
+        * workload.kernel_w
         * elem,
         "acc": tile * out_tile * elem,
         "res": tensors * tile * out_tile * elem,

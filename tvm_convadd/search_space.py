@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from functools import lru_cache
 from typing import TYPE_CHECKING
 
@@ -38,6 +39,28 @@ def distinct_tile_counts(extent: int, keep=None) -> tuple[int, ...]:
     return tuple(counts)
 
 
+# Reduction splits the space offers, each on every software-pipelined tiling: halving the
+# chunk each time, as long as a chunk still reduces over at least MIN_CHUNK_REDUCTION taps.
+REDUCE_COUNTS = (2, 4, 8, 16)
+MIN_CHUNK_REDUCTION = 16
+
+
+def reduce_tile_counts(workload: Workload) -> tuple[int, ...]:
+    """The reduction splits of an ungrouped conv the space holds (none for a grouped one):
+    distinct chunk lengths, each chunk reducing over enough taps to fill a fold."""
+    if workload.groups > 1:
+        return ()
+    taps = workload.kernel_h * workload.kernel_w
+    counts, lengths = [], set()
+    for count in REDUCE_COUNTS:
+        chunk = -(-workload.in_channels // count)
+        if count <= workload.in_channels and chunk * taps >= MIN_CHUNK_REDUCTION:
+            if chunk not in lengths:
+                lengths.add(chunk)
+                counts.append(count)
+    return tuple(counts)
+
+
 def channel_tile_counts(workload: Workload) -> tuple[int, ...]:
     """Distinct channel tile counts whose tiles hold whole groups or lie within one."""
     return distinct_tile_counts(workload.out_channels, lambda tile: whole_groups(workload, tile))
@@ -49,7 +72,7 @@ def enumerate_configs(workload: Workload) -> tuple[TileConfig, ...]:
     is an index into it): 1-D tiles by axis, pipeline, then N (one tile once, as N=1 along
     height); then the 2-D grids by spatial
     axis, order, pipeline, spatial N and channel N (both at least 2: a grid with one row is a
-    1-D tiling)."""
+    1-D tiling); then every software-pipelined one of those with each reduction split."""
     channel_counts = channel_tile_counts(workload)
     configs = []
     for axis in SPATIAL_AXES:
@@ -70,6 +93,13 @@ def enumerate_configs(workload: Workload) -> tuple[TileConfig, ...]:
                     for c in channel_counts
                     if c > 1
                 ]
+    splits = reduce_tile_counts(workload)
+    configs += [
+        replace(config, reduce_tiles=r)
+        for config in list(configs)
+        if config.pipeline == "software"
+        for r in splits
+    ]
     return tuple(configs)
 
 
@@ -86,11 +116,16 @@ def canonical(workload: Workload, config: TileConfig) -> TileConfig:
         # a streamed-weights grid that collapses to one axis has no equal in the space: its
         # nearest is that axis's software pipeline (which double-buffers the input too)
         pipeline = "software"
+    split = _smallest(workload.in_channels, config.reduce_tile_extent(workload))
     if spatial > 1 and channel > 1:
-        return TileConfig(spatial, config.axis, pipeline, channel_tiles=channel, order=config.order)
-    if channel > 1:
-        return TileConfig(channel, "channel", pipeline)
-    return TileConfig(spatial, config.axis if spatial > 1 else "height", pipeline)
+        found = TileConfig(
+            spatial, config.axis, pipeline, channel_tiles=channel, order=config.order
+        )
+    elif channel > 1:
+        found = TileConfig(channel, "channel", pipeline)
+    else:
+        found = TileConfig(spatial, config.axis if spatial > 1 else "height", pipeline)
+    return replace(found, reduce_tiles=split)
 
 
 def _smallest(extent: int, tile: int) -> int:
