@@ -24,7 +24,14 @@ from typing import TYPE_CHECKING, Protocol, TypeVar
 import numpy as np
 
 from tvm_convadd.errors import BufferOverflowError, TileConfigError, UnsupportedWorkloadError
-from tvm_convadd.schedules.tile_config import AXES, LINE_PIPELINES, ORDERS, PIPELINES, TileConfig
+from tvm_convadd.schedules.tile_config import (
+    AXES,
+    LINE_PIPELINES,
+    ORDERS,
+    PIPELINES,
+    REDUCE_PIPELINES,
+    TileConfig,
+)
 from tvm_convadd.schedules.workload import SUPPORTED_EPILOGUE_OPS, EpilogueOp, Workload
 from tvm_convadd.target.hardware import (
     BUFFERS,
@@ -217,8 +224,17 @@ def draw_config(ch: Chooser, workload: Workload) -> TileConfig:
     if axis != "channel" and ch.integer(0, 2) == 2:
         channels = _edgy(ch, 1, workload.out_channels)
         pipeline = ch.choice(PIPELINES if channels > 1 else LINE_PIPELINES)
-        return TileConfig(n_tiles, axis, pipeline, channel_tiles=channels, order=ch.choice(ORDERS))
-    return TileConfig(n_tiles, axis, ch.choice(LINE_PIPELINES))
+        config = TileConfig(
+            n_tiles, axis, pipeline, channel_tiles=channels, order=ch.choice(ORDERS)
+        )
+    else:
+        config = TileConfig(n_tiles, axis, ch.choice(LINE_PIPELINES))
+    if config.pipeline in REDUCE_PIPELINES and ch.integer(0, 3) == 3:
+        # a reduction split: 2..C_in chunks, or one too many (a TileConfigError), or any on a
+        # grouped conv (refused too)
+        chunks = _edgy(ch, 2, workload.in_channels + 1) if workload.in_channels > 1 else 2
+        config = replace(config, reduce_tiles=chunks)
+    return config
 
 
 def whole_tensor_bytes(workload: Workload) -> dict[str, int]:
@@ -428,6 +444,10 @@ def valid_config(workload: Workload, config: TileConfig) -> bool:
     """Counts within their axes, and no channel tile across a group boundary (written from the
     definition: tile k covers channels [k*t, min((k+1)*t, K)))."""
     if config.n_tiles > config.axis_extent(workload):
+        return False
+    if config.reduce_tiles > 1 and (
+        workload.groups > 1 or config.reduce_tiles > workload.in_channels
+    ):
         return False
     channels = workload.out_channels
     count = config.n_tiles if config.axis == "channel" else config.channel_tiles

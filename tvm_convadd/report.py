@@ -288,11 +288,13 @@ def layer_report(run: LayerRun, baseline: UnfusedBaseline | None = None) -> Laye
 
 
 def config_label(config) -> str:
-    """ "N=4 height software", and for a 2-D grid "N=4 height x 8ch channel_outer software"."""
+    """ "N=4 height software", for a 2-D grid "N=4 height x 8ch channel_outer software", and
+    with a reduction split "... software /16cin" (the input channels in 16 chunks)."""
     grid = f"N={config.n_tiles} {config.axis}"
     if config.channel_tiles > 1:
         grid += f" x {config.channel_tiles}ch {config.order}"
-    return f"{grid} {config.pipeline}"
+    split = f" /{config.reduce_tiles}cin" if config.reduce_tiles > 1 else ""
+    return f"{grid} {config.pipeline}{split}"
 
 
 def network_report(session: OffloadSession | RunRecorder, baseline: bool = False) -> NetworkReport:
