@@ -33,6 +33,39 @@ def whole_groups(workload: Workload, channels: int) -> bool:
     return workload.groups == 1 or channels % per_group == 0 or per_group % channels == 0
 
 
+def vthread_pairs_fit(workload: Workload, config: TileConfig) -> bool:
+    """Whether the tiles virtual threads pair (consecutive ones in the grid's order) hold
+    whole groups or lie within one, as a single tile must: a pair's input is one region.
+    Tiles of whole groups always pair well; tiles inside a group may pair across a group
+    boundary, or, where a pair wraps from one row of the grid to the next, join the last
+    channel tile with the first."""
+    per_group, channels = workload.group_out_channels, workload.out_channels
+    tile = config.channel_tile_extent(workload)
+    if config.pipeline != "vthread" or workload.groups == 1 or tile % per_group == 0:
+        return True
+    starts = range(0, channels, tile)
+    if config.axis == "channel":
+        walk = list(starts)
+    else:
+        rows = range(-(-config.axis_extent(workload) // config.tile_extent(workload)))
+        spatial_outer = config.order == "spatial_outer"
+        walk = (
+            [c for _ in rows for c in starts]
+            if spatial_outer
+            else [c for c in starts for _ in rows]
+        )
+    for first, second in zip(walk[::2], walk[1::2]):
+        low, high = min(first, second), min(max(first, second) + tile, channels)
+        if first == second:
+            continue  # one channel tile twice
+        if abs(first - second) != tile:
+            return False  # the last channel tile and the first: two groups
+        within = low // per_group == (high - 1) // per_group
+        if not within and (low % per_group or high % per_group):
+            return False
+    return True
+
+
 @dataclass(frozen=True)
 class TileConfig:
     """Split the output into tiles and pipeline Conv with Add.
@@ -136,6 +169,13 @@ class TileConfig:
             raise TileConfigError(
                 f"reduce tile count {self.reduce_tiles} for {workload.in_channels} input "
                 f"channels: choose 1..{workload.in_channels}"
+            )
+        if not vthread_pairs_fit(workload, self):
+            raise TileConfigError(
+                f"vthread pairs channel tiles of {self.channel_tile_extent(workload)} channels "
+                f"inside the groups of {workload.group_out_channels} output channels of "
+                f"{workload} so that a pair spans two groups: use channel tiles of whole groups, "
+                "an even tile count, or pipeline software"
             )
         if not whole_groups(workload, self.channel_tile_extent(workload)):
             per_group = workload.group_out_channels

@@ -454,11 +454,40 @@ def valid_config(workload: Workload, config: TileConfig) -> bool:
     if count > channels:
         return False
     tile, per_group = -(-channels // count), workload.group_out_channels
+    if config.pipeline == "vthread" and workload.groups > 1 and tile % per_group:
+        # virtual threads pair consecutive tiles of the grid: each pair's channels, as a
+        # set, must also be whole groups or lie within one
+        if not _vthread_pairs_within_groups(workload, config, tile, per_group):
+            return False
     for start in range(0, channels, tile):
         stop = min(start + tile, channels)
         same_group = start // per_group == (stop - 1) // per_group
         whole = start % per_group == 0 and stop % per_group == 0
         if not (same_group or whole):
+            return False
+    return True
+
+
+def _vthread_pairs_within_groups(workload, config, tile, per_group) -> bool:
+    """Walk the grid in its order, pair consecutive tiles, and check each pair's channels
+    (written from the definition, apart from the implementation's rule)."""
+    channels = workload.out_channels
+    channel_tiles = [(s, min(s + tile, channels)) for s in range(0, channels, tile)]
+    if config.axis == "channel":
+        walk = channel_tiles
+    else:
+        extent = config.axis_extent(workload)
+        length = -(-extent // config.n_tiles)
+        spatial = range(-(-extent // length))
+        if config.order == "spatial_outer":
+            walk = [c for _ in spatial for c in channel_tiles]
+        else:
+            walk = [c for c in channel_tiles for _ in spatial]
+    for first in range(0, len(walk) - 1, 2):
+        pair = {k for start, stop in walk[first : first + 2] for k in range(start, stop)}
+        groups = {k // per_group for k in pair}
+        whole = all(set(range(g * per_group, (g + 1) * per_group)) <= pair for g in groups)
+        if len(groups) > 1 and not whole:
             return False
     return True
 

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from tvm_convadd import TileConfig, Workload
-from tvm_convadd.errors import BufferOverflowError
+from tvm_convadd.errors import BufferOverflowError, TileConfigError
+from tvm_convadd.schedules.tile_config import vthread_pairs_fit
 from tvm_convadd.schedules.workload import (
     BIAS,
     RELU,
@@ -307,6 +308,10 @@ def test_grouped_and_depthwise_convs_match_torch(name, mode):
     workload, configs = GROUPED[name]
     for n_tiles, axis, channel_tiles in configs:
         config = TileConfig(n_tiles, axis, mode, channel_tiles=channel_tiles)
+        if not vthread_pairs_fit(workload, config):  # a virtual-thread pair across groups
+            with pytest.raises(TileConfigError, match="so that a pair spans two groups"):
+                config.validate(workload)
+            continue
         program = simulate_against_torch(workload, config)
         for conv in program.streams["conv"]:
             channels = conv.acc.region[1][1]
@@ -456,3 +461,12 @@ def test_the_smallest_fit_advice_skips_channel_counts_that_straddle_groups():
     with pytest.raises(BufferOverflowError, match=r"use at least 6 tiles along channel"):
         lower_to_program(workload, TileConfig(3, "channel", "software"), tiny)
     lower_to_program(workload, TileConfig(6, "channel", "software"), tiny)  # the advice fits
+
+
+def test_a_virtual_thread_pair_across_two_groups_is_refused():
+    """The fuzzer's shrunk case: channel tiles of 2 inside groups of 6 pair into channels
+    4..8, two groups' inputs in one region; tiles of 3 pair into whole groups and run."""
+    workload = Workload(1, 6, 1, 1, 12, 1, 1, groups=2, epilogue=())
+    with pytest.raises(TileConfigError, match="so that a pair spans two groups"):
+        lower_to_program(workload, TileConfig(6, "channel", "vthread"))
+    simulate_against_torch(workload, TileConfig(4, "channel", "vthread"))

@@ -12,6 +12,7 @@ from tvm_convadd.schedules.tile_config import (
     PIPELINES,
     SPATIAL_AXES,
     TileConfig,
+    vthread_pairs_fit,
     whole_groups,
 )
 from tvm_convadd.schedules.workload import Workload
@@ -93,6 +94,7 @@ def enumerate_configs(workload: Workload) -> tuple[TileConfig, ...]:
                     for c in channel_counts
                     if c > 1
                 ]
+    configs = [c for c in configs if vthread_pairs_fit(workload, c)]
     splits = reduce_tile_counts(workload)
     configs += [
         replace(config, reduce_tiles=r)
