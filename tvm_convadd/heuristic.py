@@ -6,6 +6,9 @@ fill) plus, for the other tiles, the busiest unit's remaining work, or Add + Loa
 to back when single-slot buffers ("none") forbid overlapping. LOADs follow the lowering's
 redundant-load elimination: a slot that still holds the window a tile needs is not reloaded,
 which is how a 2-D grid reuses weights (or inputs) across the tiles of its inner index.
+A reduction split costs a tile as the sum of its chunks; its first CONV waits for one chunk,
+a chunk keeps its slot across tiles only when the chunks fit the slots, and a tile's
+epilogue transfers, holding the one DRAM channel, stall a conv that has one chunk in hand.
 The same numbers feed the tuner's cost model (`cost_model.py`) as features.
 """
 
