@@ -796,7 +796,8 @@ def smallest_fitting_tiles(
         if not _valid(grid, workload):
             continue  # its channel tiles would straddle groups
         counts = _counts(extent, config.n_tiles)
-        candidate = _first_fit([replace(grid, n_tiles=n) for n in counts], fits)
+        candidates = [replace(grid, n_tiles=n) for n in counts]
+        candidate = _first_fit([c for c in candidates if _valid(c, workload)], fits)
         if candidate is not None and (best is None or candidate.total_tiles < best.total_tiles):
             best = candidate
     return best

@@ -377,7 +377,6 @@ def check_overflow(case: Case, err: BufferOverflowError) -> None:
     if _fits(workload, config, hardware):
         raise WrongAnswer(f"BufferOverflowError, but the program fits {hardware.name}: {err}")
     extent = config.axis_extent(workload)
-    finest_along_axis = replace(config, n_tiles=extent)
     if advice := ADVICE_ALONG_AXIS.search(message):
         smallest = int(advice[1])
         if advice[2] != config.axis:
@@ -394,17 +393,31 @@ def check_overflow(case: Case, err: BufferOverflowError) -> None:
     elif NO_FIT_CHANNEL in message:
         if config.axis != "channel":
             raise WrongAnswer(f"says no channel count fits for a {config.axis} tiling: {err}")
-        if _fits(workload, finest_along_axis, hardware):
-            raise WrongAnswer(f"says no tile count fits, but {extent} tiles do: {err}")
+        finest = _finest_valid(workload, config, extent)
+        if finest is not None and _fits(workload, finest, hardware):
+            raise WrongAnswer(f"says no tile count fits, but {finest.n_tiles} tiles do: {err}")
     elif advice := NO_FIT_GRID.search(message):
         if advice[1] != config.axis or config.axis == "channel":
             raise WrongAnswer(f"says no {advice[1]} x channel grid fits a {config.axis} tiling")
-        finest_grid = replace(finest_along_axis, channel_tiles=workload.out_channels)
-        for finest in (finest_along_axis, finest_grid):
-            if _fits(workload, finest, hardware):
+        # the finest valid tiling along the axis, and for every channel count the grid with
+        # the most spatial tiles that is valid (fitting only gets easier with more tiles)
+        more = range(config.channel_tiles + 1, workload.out_channels + 1)
+        grids = [replace(config, channel_tiles=c) for c in more]
+        for grid in [config, *grids]:
+            finest = _finest_valid(workload, grid, extent)
+            if finest is not None and _fits(workload, finest, hardware):
                 raise WrongAnswer(f"says no tiling fits, but {finest} does: {err}")
     else:
         raise WrongAnswer(f"BufferOverflowError without the lowering's advice: {err}")
+
+
+def _finest_valid(workload: Workload, config: TileConfig, extent: int) -> TileConfig | None:
+    """`config` with the most tiles along its axis that is a valid tiling, if any."""
+    for n_tiles in range(extent, config.n_tiles - 1, -1):
+        candidate = replace(config, n_tiles=n_tiles)
+        if valid_config(workload, candidate):
+            return candidate
+    return None
 
 
 def check_grid_advice(
