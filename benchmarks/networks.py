@@ -14,14 +14,20 @@ free) for reference. `--layers` prints every layer's row; `--check` also runs th
 (functional simulation) and compares the output with the pure-llvm build.
 
     python benchmarks/networks.py [--networks resnet50 ...] [--image-sizes 224 64] [--layers]
+        [--plot benchmarks/figures/layers_resnet50.png]
+
+`--plot` draws the first network at the first image size layer by layer: fused and unfused
+over each layer's bound, and the network bound's unit.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import tvm
@@ -34,6 +40,13 @@ from tvm_convadd.partition import PartitionConvAdd, offload_summary, prepare
 from tvm_convadd.unfused import unfused_baseline
 
 NETWORKS = ["resnet50", "resnet18", "mobilenet_v2", "efficientnet_b0", "regnetx_400mf"]
+
+
+def check_writable(path: str) -> None:
+    """Fail before minutes of work, not after, if the plot cannot be written."""
+    folder = Path(path).resolve().parent
+    if not folder.is_dir() or not os.access(folder, os.W_OK):
+        raise SystemExit(f"networks.py: cannot write {path}: {folder} is not a writable folder")
 
 
 def cpu_ops(partitioned: tvm.IRModule) -> Counter:
@@ -109,6 +122,38 @@ def summary_table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def plot_layers(result: dict, size: int, path: str) -> str:
+    """Fused and unfused cycles over each layer's bound, one bar pair per layer."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    layers = result["report"].layers
+    index = np.arange(len(layers))
+    fused = [layer.fused_cycles / layer.bound_cycles for layer in layers]
+    unfused = [layer.unfused_cycles / layer.bound_cycles for layer in layers]
+    fig, ax = plt.subplots(figsize=(14, 4.5))
+    ax.bar(index - 0.2, unfused, 0.4, label="unfused (conv kernel + epilogue kernel)")
+    ax.bar(index + 0.2, fused, 0.4, label="fused (this project)")
+    ax.axhline(1.0, color="black", linewidth=0.8)
+    ax.set_xticks(index, [str(i) for i in index], fontsize=7)
+    ax.set_xlabel("offloaded layer, in the order the VM calls them")
+    ax.set_ylabel("cycles / the layer's bound")
+    ax.set_ylim(0.9, max(unfused) * 1.05)
+    report = result["report"]
+    ax.set_title(
+        f"{result['name']} at {size}x{size}: fused {report.fused_cycles / 1e6:.2f} M cycles "
+        f"({report.fused_cycles / report.bound_cycles:.3f}x the network bound), unfused "
+        f"{report.unfused_cycles / 1e6:.2f} M; fused wins {report.fused_wins}/{len(layers)}"
+    )
+    ax.legend(loc="upper right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--networks", nargs="+", default=NETWORKS)
@@ -116,7 +161,10 @@ def main() -> None:
     parser.add_argument("--target", default="convadd-sim")
     parser.add_argument("--layers", action="store_true", help="print every layer's row")
     parser.add_argument("--check", action="store_true", help="compare with the llvm build")
+    parser.add_argument("--plot", help="PNG of the first network's layers (fused, unfused)")
     args = parser.parse_args()
+    if args.plot:
+        check_writable(args.plot)
     jobs = [(size, name) for size in args.image_sizes for name in args.networks]
     results: dict[int, list[dict]] = {size: [] for size in args.image_sizes}
     for size, name in tqdm(jobs, desc="networks", file=sys.stderr):
@@ -132,6 +180,9 @@ def main() -> None:
     for size, sized in results.items():
         print(f"\n=== {size}x{size} on {args.target} ===")
         print(summary_table(sized))
+    if args.plot:
+        first = args.image_sizes[0]
+        print(f"plot: {plot_layers(results[first][0], first, args.plot)}")
     print(
         "\nunfused: each conv its own kernel, then its epilogue chain as one elementwise "
         "kernel; per-op: one elementwise kernel per op; wins: layers where fused < unfused; "
