@@ -238,6 +238,7 @@ class _Walker:
     filled: dict = field(default_factory=dict)  # (buffer, slot) -> [(dst, src, pad)] of LOADs
     reduced: dict = field(default_factory=dict)  # (acc buffer, slot, region) -> channels summed
     full_reduction: int = 0  # the weight's input channels
+    block_accesses: dict = field(default_factory=dict)  # block handle -> (store, loads)
 
     def visit(self, stmt, env: dict) -> None:
         if isinstance(stmt, tirx.SeqStmt):
@@ -289,7 +290,7 @@ class _Walker:
         if domain is None:
             return
         meaning = self._meaning(block, loops)
-        store, loads = _accesses(block)
+        store, loads = self._accesses(block)
         if meaning.fill == "zero":
             # A window entirely in padding: StmtSimplify folded the body to a constant zero and
             # dropped the tensor read, but the block's declared read region still names it.
@@ -297,6 +298,15 @@ class _Walker:
         write = self._operand(store, env, domain, name=meaning.buffer)
         reads = {self._name(a.buffer): self._operand(a, env, domain) for a in loads}
         self.instructions.append(self._instruction(block, meaning, write, reads, env, domain))
+
+    def _accesses(self, block) -> tuple[_Access, list[_Access]]:
+        """The block's store and loads, walked once per distinct block (every tile and chunk
+        emits the same block again)."""
+        key = block.__chandle__()
+        found = self.block_accesses.get(key)
+        if found is None:
+            found = self.block_accesses[key] = _accesses(block)
+        return found
 
     def _range(self, index, extent, env: dict, domain: dict, ranged: dict, keys) -> tuple:
         """(first, last) element `index` reaches over the stage's loops, and with a declared
