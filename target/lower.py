@@ -470,7 +470,9 @@ class _Walker:
                     f"{_span(window)}",
                 )
         done = self.reduced.get(key)
-        start = done[1] if conv.accumulate and done is not None else 0
+        if conv.accumulate and done is None:
+            raise mismatch(block, "conv", f"it accumulates into {conv.acc}, which no CONV started")
+        start = done[1] if conv.accumulate else 0
         if window is None or window[0] != start:
             what = "accumulates" if conv.accumulate else "starts"
             raise mismatch(
@@ -479,10 +481,7 @@ class _Walker:
                 f"it {what} {conv.acc} with input channels {_span(window)}, where channel "
                 f"{start} comes next",
             )
-        self.reduced[key] = (
-            window[0] if done is None or not conv.accumulate else done[0],
-            window[1],
-        )
+        self.reduced[key] = (0, window[1])
         self.full_reduction = weight[1]
 
     def _check_reduced(self, block, acc: Slot) -> None:
