@@ -236,8 +236,7 @@ class _Walker:
     consts: ConstCache = field(default_factory=ConstCache)  # compiled per-tile constants
     init_modes: dict = field(default_factory=dict)  # (meaning, outer values) -> accumulates
     filled: dict = field(default_factory=dict)  # (buffer, slot) -> [(dst, src, pad)] of LOADs
-    reduced: dict = field(default_factory=dict)  # (acc buffer, slot, region) -> channels summed
-    full_reduction: int = 0  # the weight's input channels
+    reduced: dict = field(default_factory=dict)  # acc region -> n: channels [0, n) summed
     block_accesses: dict = field(default_factory=dict)  # block handle -> (store, loads)
 
     def visit(self, stmt, env: dict) -> None:
@@ -472,7 +471,7 @@ class _Walker:
         done = self.reduced.get(key)
         if conv.accumulate and done is None:
             raise mismatch(block, "conv", f"it accumulates into {conv.acc}, which no CONV started")
-        start = done[1] if conv.accumulate else 0
+        start = done if conv.accumulate else 0
         if window is None or window[0] != start:
             what = "accumulates" if conv.accumulate else "starts"
             raise mismatch(
@@ -481,18 +480,18 @@ class _Walker:
                 f"it {what} {conv.acc} with input channels {_span(window)}, where channel "
                 f"{start} comes next",
             )
-        self.reduced[key] = (0, window[1])
-        self.full_reduction = weight[1]
+        self.reduced[key] = window[1]
 
     def _check_reduced(self, block, acc: Slot) -> None:
         """An ADD reads an accumulator region only once every input channel is summed in."""
         done = self.reduced.get((acc.buffer, acc.slot, acc.region))
-        if done is not None and done != (0, self.full_reduction):
+        weight = self.tensors.get(self.sources.get("wgt", ""))
+        if done is not None and weight is not None and done != weight[1]:
             raise mismatch(
                 block,
                 "add",
-                f"it reads {acc}, which has summed input channels {_span(done)} of "
-                f"{self.full_reduction}",
+                f"it reads {acc}, which has summed input channels {_span((0, done))} of "
+                f"{weight[1]}",
             )
 
     def _channels(self, operand: Slot) -> tuple[int, int] | None:

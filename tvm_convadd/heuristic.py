@@ -230,17 +230,17 @@ def estimate(workload: Workload, config: TileConfig, hardware: HardwareConfig) -
     spatial_tiled = config.axis != "channel"
 
     chunks = _lengths(workload.in_channels, config.reduce_tiles)
+    split = len(chunks) > 1
     whole_input = config.input_once(workload)
 
     def cost(rows: int, channels: int) -> TileCost:
-        if len(chunks) > 1:
+        if split:
             return split_tile_cost(workload, axis, rows, hardware, channels, chunks)
         return tile_cost(workload, axis, rows, hardware, channels, None, whole_input)
 
     slots = SLOTS[config.pipeline]
     ns, nc = len(grid.spatial), len(grid.channel)
     tiles = ns * nc
-    split = len(chunks) > 1
     once_names = ["wgt"] if config.channel_count == 1 and not split else []
     if config.input_once(workload):  # the whole input, before the tile loop
         once_names.append("inp")
@@ -294,8 +294,8 @@ def estimate(workload: Workload, config: TileConfig, hardware: HardwareConfig) -
         "store": first.store,
     }
     conv_done = firsts["load"] + first.conv
-    if split:  # chunk j+1 loads under the conv of chunk j
-        conv_done = max(once["load"] + first.head + first.conv, firsts["load"] + first.last_conv)
+    if split:  # chunk j+1 loads under the conv of chunk j (nothing conv-side loads once)
+        conv_done = max(first.head + first.conv, firsts["load"] + first.last_conv)
     add_ready = max(conv_done, firsts["vload"])
     fill = add_ready + first.add + first.store
     rest = {unit: max(busy[unit] - firsts[unit], 0) for unit in firsts}
@@ -309,7 +309,6 @@ def estimate(workload: Workload, config: TileConfig, hardware: HardwareConfig) -
             rest["add"] + (epilogue_dma if hardware.dma_bytes_per_cycle else rest["store"]),
         )
     else:
-        # an odd chunk count ends a tile on the slot the next tile's first chunk loads into
         bubble = 0
         if split:
             # a chunk's loads that come again on every tile (reused ones stay on chip)

@@ -98,7 +98,7 @@ def enumerate_configs(workload: Workload) -> tuple[TileConfig, ...]:
     splits = reduce_tile_counts(workload)
     configs += [
         replace(config, reduce_tiles=r)
-        for config in list(configs)
+        for config in configs
         if config.pipeline == "software"
         for r in splits
     ]
