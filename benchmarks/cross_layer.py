@@ -58,16 +58,19 @@ def row(name: str, timeline: NetworkTimeline, stats: dict) -> str:
     busy = stats["busy"]
     unit = max(busy, key=busy.get)
     bound, alone, joint = busy[unit], timeline.standalone_cycles, timeline.total_cycles
+    idle, between = timeline.result.idle("conv"), timeline.conv_idle_between_calls
     return (
         f"{name:<13} {stats['layers']:>6} {alone / 1e6:>9.3f}M {joint / 1e6:>9.3f}M "
         f"{bound / 1e6:>8.3f}M {unit:<10} {busy['dram'] / 1e6:>8.3f}M {joint / alone:>7.3f} "
-        f"{joint / bound:>7.3f} {alone / bound:>7.3f} {stats['timeline s']:>6.1f}s"
+        f"{joint / bound:>7.3f} {alone / bound:>7.3f} {idle.head + idle.tail:>9} "
+        f"{idle.stall - between:>9} {between:>9} {stats['timeline s']:>6.1f}s"
     )
 
 
 HEADER = (
     f"{'network':<13} {'layers':>6} {'sum alone':>10} {'timeline':>10} {'bound':>9} "
-    f"{'unit':<10} {'dram':>9} {'tl/sum':>7} {'tl/bnd':>7} {'sum/bnd':>7} {'time':>7}"
+    f"{'unit':<10} {'dram':>9} {'tl/sum':>7} {'tl/bnd':>7} {'sum/bnd':>7} {'conv h+t':>9} "
+    f"{'in calls':>9} {'between':>9} {'time':>7}"
 )
 
 
@@ -178,7 +181,9 @@ def main() -> None:
             )
     print(
         "sum alone: each layer on an empty machine, one after the other; timeline: all calls on "
-        "one machine; bound: the busiest unit (or DRAM) summed over the layers"
+        "one machine; bound: the busiest unit (or DRAM) summed over the layers; conv h+t: the "
+        "Conv unit idle before the first CONV and after the last; in calls, between: its "
+        "stalls inside a call and between two calls' CONVs (timeline = conv busy + the three)"
     )
 
 

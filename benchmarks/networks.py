@@ -102,19 +102,21 @@ def measure(name: str, image_size: int, target: str, check: bool) -> dict:
 def summary_table(results: list[dict]) -> str:
     header = (
         f"{'network':<16} {'convs':>9} {'fused':>10} {'unfused':>10} {'per-op':>10} "
-        f"{'bound':>10} {'unit':<10} {'f/bound':>7} {'f/unf':>6} {'f/per-op':>8} {'wins':>7} "
+        f"{'bound':>10} {'unit':<10} {'f/bound':>7} {'head':>8} {'stall':>8} {'tail':>8} "
+        f"{'f/unf':>6} {'f/per-op':>8} {'wins':>7} "
         f"{'A+B ideal':>10} {'f/(A+B)':>7} {'build+run s':>11} {'unfused s':>9} {'rel. err':>8}"
     )
     lines = [header, "-" * len(header)]
     for r in results:
         rep, summary = r["report"], r["summary"]
-        fused = rep.fused_cycles
+        fused, idle = rep.fused_cycles, rep.conv_idle
         error = "-" if r["error"] is None else f"{r['error']:.1e}"
         lines.append(
             f"{r['name']:<16} {summary.offloaded:>4}/{summary.convs:<4} {fused:>10} "
             f"{rep.unfused_cycles:>10} {rep.unfused_per_op_cycles:>10} {rep.bound_cycles:>10} "
-            f"{rep.bound_unit:<10} {fused / rep.bound_cycles:>7.3f} "
-            f"{fused / rep.unfused_cycles:>6.3f} {fused / rep.unfused_per_op_cycles:>8.3f} "
+            f"{rep.bound_unit:<10} {fused / rep.bound_cycles:>7.3f} {idle.head:>8} "
+            f"{idle.stall:>8} {idle.tail:>8} {fused / rep.unfused_cycles:>6.3f} "
+            f"{fused / rep.unfused_per_op_cycles:>8.3f} "
             f"{rep.fused_wins:>3}/{len(rep.layers):<3} {rep.ideal_serial_cycles:>10} "
             f"{fused / rep.ideal_serial_cycles:>7.3f} {r['compile_run']:>11.1f} "
             f"{r['baseline']:>9.1f} {error:>8}"
@@ -186,8 +188,10 @@ def main() -> None:
     print(
         "\nunfused: each conv its own kernel, then its epilogue chain as one elementwise "
         "kernel; per-op: one elementwise kernel per op; wins: layers where fused < unfused; "
-        "bound: the busiest unit or the DRAM channel over the network; A+B ideal: the "
-        "ideal-machine law (conv then epilogue, DMA free)"
+        "bound: the busiest unit or the DRAM channel over the network; head, stall, tail: the "
+        "Conv unit idle before its first CONV, between CONVs, after its last, summed over the "
+        "layers (fused = conv busy + the three); A+B ideal: the ideal-machine law (conv then "
+        "epilogue, DMA free)"
     )
 
 

@@ -52,6 +52,22 @@ class UnitStats:
     utilization: float
 
 
+@dataclass(frozen=True)
+class UnitIdle:
+    """When a compute unit waited: before its first instruction (`head`: the pipeline's fill),
+    between instructions (`stall`: an operand late, no free slot) and after its last (`tail`:
+    the drain). With the unit's busy cycles they add up to the run's total, so for the unit
+    that bounds a layer they say where the gap to the bound went."""
+
+    head: int
+    stall: int
+    tail: int
+
+    @property
+    def total(self) -> int:
+        return self.head + self.stall + self.tail
+
+
 class Event(NamedTuple):
     """One instruction's run (a NamedTuple: the simulator makes one per instruction, cheaply)."""
 
@@ -92,6 +108,15 @@ class SimResult:
         busy = {name: s.busy_cycles for name, s in self.units.items()}
         busy |= {"dram": self.dram_busy_cycles, **self.engine_busy_cycles}
         return max(busy, key=busy.get)
+
+    def idle(self, unit: str = "conv") -> UnitIdle:
+        """Where `unit` (a compute unit: its events last exactly its busy cycles) waited."""
+        spans = sorted((e.start, e.end) for e in self.events if e.unit == unit)
+        if not spans:
+            return UnitIdle(self.total_cycles, 0, 0)
+        first, last = spans[0][0], spans[-1][1]
+        busy = sum(end - start for start, end in spans)
+        return UnitIdle(first, last - first - busy, self.total_cycles - last)
 
     def summary(self) -> str:
         lines = [f"{self.total_cycles} cycles on {self.hardware}"]

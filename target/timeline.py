@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import bisect
 import dataclasses
+import itertools
 import zlib
 from collections import deque
 from collections.abc import Mapping, Sequence
@@ -138,6 +139,19 @@ class NetworkTimeline:
         """The network bound: the busiest unit (or shared DMA engine, or the DRAM channel),
         its busy cycles summed over all layers."""
         return self.result.bound_cycles
+
+    @property
+    def conv_idle_between_calls(self) -> int:
+        """Of the Conv unit's stalls on the timeline (`result.idle("conv").stall`), the cycles
+        between one call's last CONV and the next call's first; the rest fell inside calls."""
+        spans: dict[int, list[int]] = {}
+        for event in self.result.events:
+            if event.unit == "conv":
+                call = self.composition.call_of("conv", event.index)
+                first, last = spans.setdefault(call, [event.start, event.end])
+                spans[call] = [min(first, event.start), max(last, event.end)]
+        ordered = [spans[call] for call in sorted(spans)]
+        return sum(later[0] - earlier[1] for earlier, later in itertools.pairwise(ordered))
 
     def table(self) -> str:
         rows = [f"{'#':>3} {'layer':<44} {'start':>10} {'end':>10} {'span':>9} {'alone':>9}"]

@@ -27,7 +27,7 @@ from tvm_convadd.schedules.workload import Workload, standard_epilogue
 from tvm_convadd.target.hardware import HardwareConfig, load_config
 from tvm_convadd.target.isa import UNITS, Program
 from tvm_convadd.target.lower import lower_to_program
-from tvm_convadd.target.simulator import Event, SimResult, UnitStats, simulate
+from tvm_convadd.target.simulator import Event, SimResult, UnitIdle, UnitStats, simulate
 from tvm_convadd.unfused import KernelRun, UnfusedBaseline, unfused_baseline
 
 # 8x8 output: 2 tiles along the height hold 4 rows each
@@ -292,6 +292,7 @@ def test_network_totals():
     assert report.fused_cycles == 76  # 24 + 32 + 20
     assert report.unfused_cycles is None  # not asked for
     assert report.total("add_overlapped") == 4
+    assert report.conv_idle == UnitIdle(4, 0, 6)  # heads 0 + 0 + 4, tails 4 + 2 + 0
     assert sum(layer.law_cycles for layer in report.layers) == 72.0  # 24 + 32 + 16
     # the network bound sums each unit over the layers, then takes the busiest: conv's 66,
     # not the sum of the layers' own bounds 20 + 30 + 20 = 70
@@ -302,23 +303,37 @@ def test_network_totals():
     assert report.add_hidden == pytest.approx(0.4)
 
 
+def test_the_conv_units_idle_cycles_add_up_to_the_layer():
+    """Conv [2,5) [8,12) in 15 cycles: it waits 2 before, 3 between, 3 after; 7 busy + 8."""
+    result = sim(("load", 0, 2), ("conv", 2, 5), ("load", 2, 8), ("conv", 8, 12), ("add", 12, 15))
+    report = layer_report(run(result))
+    idle = report.conv_idle
+    assert (idle.head, idle.stall, idle.tail, idle.total) == (2, 3, 3, 8)
+    assert report.conv_cycles + idle.total == report.fused_cycles
+    assert result.idle("add") == UnitIdle(12, 0, 0)  # another unit: its own waits
+    assert result.idle("store").head == 15  # a unit that never ran waited all along
+
+
 def test_network_table_shows_the_hand_computed_figures():
     table = network_report(RunRecorder(runs=three_layers())).table()
     lines = table.splitlines()
     assert lines[0].split()[:2] == ["#", "layer"]
     rows = [line.split() for line in lines[2:5]]
-    # unfused, per-op (not asked for: "-"), fused, f/unf, bound, its unit, fused / bound, then
-    # the ideal-machine law: A, B, A+B, A+B/N, hidden
-    assert [row[-13:] for row in rows] == [
-        ["-", "-", "24", "-", "20", "conv", "1.200", "|", "20", "8", "28", "24", "50%"],
-        ["-", "-", "32", "-", "30", "conv", "1.067", "|", "30", "2", "32", "32", "0%"],
-        ["-", "-", "20", "-", "20", "load", "1.000", "|", "16", "0", "16", "16", "0%"],
-    ]
+    # unfused, per-op (not asked for: "-"), fused, f/unf, bound, its unit, fused / bound, the
+    # Conv unit's head, stall and tail, then the ideal-machine law: A, B, A+B, A+B/N, hidden
+    assert [row[-16:] for row in rows] == [
+        ["-", "-", "24", "-", "20", "conv", "1.200", "0", "0", "4", "|", "20", "8", "28", "24",
+         "50%"],
+        ["-", "-", "32", "-", "30", "conv", "1.067", "0", "0", "2", "|", "30", "2", "32", "32",
+         "0%"],
+        ["-", "-", "20", "-", "20", "load", "1.000", "4", "0", "0", "|", "16", "0", "16", "16",
+         "0%"],
+    ]  # fmt: skip
     assert [row[0] for row in rows] == ["0", "1", "2"]
-    assert rows[0][-17:-13] == ["N=2", "height", "software", "heuristic"]
+    assert rows[0][-20:-16] == ["N=2", "height", "software", "heuristic"]
     total = lines[6].split()
     assert total[:3] == ["total", "(3", "layers)"]
-    assert total[-13:] == [
+    assert total[-16:] == [
         "-",
         "-",
         "76",
@@ -326,6 +341,9 @@ def test_network_table_shows_the_hand_computed_figures():
         "66",
         "conv",
         "1.152",
+        "4",  # the third layer's conv waits 4 cycles for its first load
+        "0",
+        "6",  # the first two layers' last adds: 4 + 2
         "|",
         "66",
         "10",
@@ -369,14 +387,14 @@ def test_the_unfused_baseline_leads_the_table():
     assert (report.unfused_cycles, report.unfused_per_op_cycles) == (84, 102)
     assert report.fused_wins == 2  # 24 < 32, 32 > 31, 20 < 21
     lines = report.table().splitlines()
-    rows = [line.split()[-13:-8] for line in lines[2:5]]
+    rows = [line.split()[-16:-11] for line in lines[2:5]]
     # unfused, per-op, fused, fused / unfused, bound
     assert rows == [
         ["32", "43", "24", "0.750", "20"],
         ["31", "32", "32", "1.032", "30"],
         ["21", "27", "20", "0.952", "20"],
     ]
-    assert lines[6].split()[-13:-8] == ["84", "102", "76", "0.905", "66"]
+    assert lines[6].split()[-16:-11] == ["84", "102", "76", "0.905", "66"]
     # 76 / 84 = 0.9048, 76 / 102 = 0.7451, 76 / 66 = 1.1515, 76 / 76
     assert lines[7] == (
         "fused: 0.905x unfused (faster on 2 of 3 layers), 0.745x unfused per-op, 1.152x the "
@@ -518,3 +536,36 @@ def test_network_report_computes_the_baseline_once_per_workload():
     assert first.unfused_cycles == first.baseline.conv.cycles + chain.cycles
     assert report.unfused_cycles == 2 * first.unfused_cycles
     assert report.fused_wins == 2 * (result.total_cycles < first.unfused_cycles)
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        TileConfig(2, "height", "software"),
+        TileConfig(2, "channel", "software", reduce_tiles=2),
+        TileConfig(2, "height", "software", channel_tiles=2, order="channel_outer"),
+    ],
+    ids=str,
+)
+def test_a_simulated_layers_head_is_its_first_operands_and_its_tail_the_last_epilogue(config):
+    """On the default machine the Conv unit's head is the DMA time of exactly the LOADs its
+    first CONV reads (the load order puts them first), and its tail the last tile's ADD then
+    STORE: what no pipeline of this tiling can hide on an empty machine."""
+    hardware = load_config("default")
+    workload = Workload(1, 32, 16, 16, 32, 3, 3, padding=(1, 1, 1, 1),
+                        epilogue=standard_epilogue(bias=True, relu=True))  # fmt: skip
+    program = lower_to_program(workload, config, hardware)
+    result = simulate(program, hardware, functional=False)
+    idle = layer_report(run(result, config=config, workload=workload)).conv_idle
+    first_conv = program.streams["conv"][0]
+    operands = {(s.buffer, s.slot) for s in first_conv.reads()}
+    loads = program.streams["load"]
+    first = [
+        inst for inst in loads[: len(operands)] if (inst.dst.buffer, inst.dst.slot) in operands
+    ]
+    assert len(first) == len(operands) == 2  # its input and weights, first in the queue
+    assert idle.head == sum(hardware.instruction_cycles(inst, program) for inst in first)
+    last_add, last_store = program.streams["add"][-1], program.streams["store"][-1]
+    epilogue = [hardware.instruction_cycles(inst, program) for inst in (last_add, last_store)]
+    assert idle.tail == sum(epilogue)
+    assert result.units["conv"].busy_cycles + idle.total == result.total_cycles

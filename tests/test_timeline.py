@@ -4,6 +4,7 @@ order, the independent check that rejects unsafe compositions, and a real build.
 from __future__ import annotations
 
 import dataclasses
+from itertools import pairwise
 
 import numpy as np
 import pytest
@@ -78,6 +79,18 @@ def events(composition, result, call: int, kind: type, pool: str | None = None):
     return sorted(found, key=lambda e: e.start)
 
 
+def assert_conv_stalls_add_up(timeline) -> int:
+    """The Conv unit's stalls on the timeline are those inside each call plus those between
+    two calls' CONVs (`conv_idle_between_calls`, returned)."""
+    comp, result = timeline.composition, timeline.result
+    convs = [events(comp, result, call, Conv) for call in range(len(timeline.layers))]
+    between = sum(later[0].start - earlier[-1].end for earlier, later in pairwise(convs))
+    inside = sum(b.start - a.end for calls in convs for a, b in pairwise(calls))
+    assert timeline.conv_idle_between_calls == between
+    assert result.idle("conv").stall == inside + between
+    return between
+
+
 def test_next_layers_weights_load_while_this_layer_computes():
     hardware = load_config("default")
     timeline = network_timeline(chain(), hardware)
@@ -90,6 +103,7 @@ def test_next_layers_weights_load_while_this_layer_computes():
     standalone = [simulate(c.program, hardware, functional=False).total_cycles for c in chain()]
     assert [layer.standalone_cycles for layer in timeline.layers] == standalone
     assert result.leftover_tokens == {}  # every added token has its one matching wait
+    assert_conv_stalls_add_up(timeline)
 
 
 def test_weights_that_do_not_fit_beside_the_last_layers_wait_for_its_last_conv():
@@ -285,6 +299,7 @@ def test_a_built_network_runs_on_one_timeline_between_the_bound_and_the_layer_su
     assert producers[2] == {}  # conv3 reads the pool's output: the host wrote it
     pooled = events(timeline.composition, timeline.result, 2, Load, "inp")[0]
     assert pooled.start >= max(layer.end for layer in timeline.layers[:2])  # the host synced
+    assert assert_conv_stalls_add_up(timeline) > 0  # conv3 waits for the host's pool
     layer_sum = sum(run.result.total_cycles for run in runs)
     busy = {u: sum(run.result.units[u].busy_cycles for run in runs) for u in runs[0].result.units}
     busy["dram"] = sum(run.result.dram_busy_cycles for run in runs)

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from tvm_convadd.codegen import LayerRun, OffloadSession, RunRecorder
 from tvm_convadd.target.isa import UNITS
-from tvm_convadd.target.simulator import SimResult
+from tvm_convadd.target.simulator import SimResult, UnitIdle
 
 if TYPE_CHECKING:
     from tvm_convadd.unfused import UnfusedBaseline
@@ -47,6 +47,7 @@ class LayerReport:
     busy: dict  # resource (each unit, "dram") -> busy cycles
     fused_cycles: int
     add_overlapped: int  # Add-unit cycles during which the Conv unit was busy too
+    conv_idle: UnitIdle  # fused = conv busy + its head, stalls and tail
     baseline: UnfusedBaseline | None = None
 
     @property
@@ -104,13 +105,17 @@ def _cycles(value: int | None) -> str:
 
 _COLUMNS = (
     f"{'#':>3} {'layer':<60} {'tiles':<44} {'unfused':>9} {'per-op':>9} {'fused':>9} "
-    f"{'f/unf':>6} {'bound':>9} {'unit':<10} {'f/bound':>7} | {'A conv':>9} {'B add':>8} "
+    f"{'f/unf':>6} {'bound':>9} {'unit':<10} {'f/bound':>7} {'head':>7} {'stall':>7} "
+    f"{'tail':>7} | {'A conv':>9} {'B add':>8} "
     f"{'A+B ideal':>10} {'A+B/N ideal':>12} {'hidden':>6}"
 )
 _LEGEND = (
     "unfused: conv kernel, then the epilogue chain as one elementwise kernel (TVM's FuseOps); "
     "per-op: one elementwise kernel per epilogue op; bound: the busiest unit or the DRAM "
-    "channel; A+B ideal, A+B/N ideal: the ideal-machine law (A+B: conv then epilogue, DMA free)"
+    "channel; head, stall, tail: the Conv unit idle before its first CONV (the first "
+    "operands' loads), between CONVs, after its last (the last tile's epilogue and store): "
+    "fused = A + head + stall + tail; A+B ideal, A+B/N ideal: the ideal-machine law (A+B: conv "
+    "then epilogue, DMA free)"
 )
 
 
@@ -119,7 +124,8 @@ def _row(index: str, name: str, tiles: str, figures: dict) -> str:
     return (
         f"{index:>3} {name:<60} {tiles:<44} {_cycles(f['unfused']):>9} "
         f"{_cycles(f['per_op']):>9} {f['fused']:>9} {_ratio(f['fused'], f['unfused']):>6} "
-        f"{f['bound']:>9} {f['unit']:<10} {_ratio(f['fused'], f['bound']):>7} | "
+        f"{f['bound']:>9} {f['unit']:<10} {_ratio(f['fused'], f['bound']):>7} "
+        f"{f['idle'].head:>7} {f['idle'].stall:>7} {f['idle'].tail:>7} | "
         f"{f['conv']:>9} {f['add']:>8} {f['conv'] + f['add']:>10} {f['law']:>12.0f} "
         f"{f['hidden']:>6.0%}"
     )
@@ -180,6 +186,12 @@ class NetworkReport:
         return max(busy, key=busy.get) if busy else "-"
 
     @property
+    def conv_idle(self) -> UnitIdle:
+        """The Conv unit's waits summed over the layers, each layer on its own machine."""
+        idles = [layer.conv_idle for layer in self.layers]
+        return UnitIdle(*(sum(getattr(i, f) for i in idles) for f in ("head", "stall", "tail")))
+
+    @property
     def add_hidden(self) -> float:
         add = self.total("add_cycles")
         return self.total("add_overlapped") / add if add else 0.0
@@ -199,6 +211,7 @@ class NetworkReport:
                 "add": layer.add_cycles,
                 "law": layer.law_cycles,
                 "hidden": layer.add_hidden,
+                "idle": layer.conv_idle,
             }
             tiles = f"{layer.config} {layer.config_source}"
             rows.append(_row(str(index), layer.shape, tiles, figures))
@@ -213,6 +226,7 @@ class NetworkReport:
             "add": self.total("add_cycles"),
             "law": self.law_cycles,
             "hidden": self.add_hidden,
+            "idle": self.conv_idle,
         }
         rows.append(_row("", f"total ({len(self.layers)} layers)", "", totals))
         rows.append(self.summary())
@@ -283,6 +297,7 @@ def layer_report(run: LayerRun, baseline: UnfusedBaseline | None = None) -> Laye
         busy=resource_busy(result),
         fused_cycles=result.total_cycles,
         add_overlapped=overlap_cycles(result, "add", "conv"),
+        conv_idle=result.idle("conv"),
         baseline=baseline,
     )
 
