@@ -143,15 +143,14 @@ class NetworkTimeline:
     @property
     def conv_idle_between_calls(self) -> int:
         """Of the Conv unit's stalls on the timeline (`result.idle("conv").stall`), the cycles
-        between one call's last CONV and the next call's first; the rest fell inside calls."""
-        spans: dict[int, list[int]] = {}
-        for event in self.result.events:
-            if event.unit == "conv":
-                call = self.composition.call_of("conv", event.index)
-                first, last = spans.setdefault(call, [event.start, event.end])
-                spans[call] = [min(first, event.start), max(last, event.end)]
-        ordered = [spans[call] for call in sorted(spans)]
-        return sum(later[0] - earlier[1] for earlier, later in itertools.pairwise(ordered))
+        between two CONVs of different calls; the rest fell between two CONVs of one call."""
+        convs = sorted((e for e in self.result.events if e.unit == "conv"), key=lambda e: e.start)
+        call = self.composition.call_of
+        return sum(
+            b.start - a.end
+            for a, b in itertools.pairwise(convs)
+            if call("conv", a.index) != call("conv", b.index)
+        )
 
     def table(self) -> str:
         rows = [f"{'#':>3} {'layer':<44} {'start':>10} {'end':>10} {'span':>9} {'alone':>9}"]

@@ -84,7 +84,9 @@ def assert_conv_stalls_add_up(timeline) -> int:
     two calls' CONVs (`conv_idle_between_calls`, returned)."""
     comp, result = timeline.composition, timeline.result
     convs = [events(comp, result, call, Conv) for call in range(len(timeline.layers))]
-    between = sum(later[0].start - earlier[-1].end for earlier, later in pairwise(convs))
+    spans = [(calls[0].start, calls[-1].end) for calls in convs]
+    assert all(a[1] <= b[0] for a, b in pairwise(spans))  # calls one after the other
+    between = sum(later[0] - earlier[1] for earlier, later in pairwise(spans))
     inside = sum(b.start - a.end for calls in convs for a, b in pairwise(calls))
     assert timeline.conv_idle_between_calls == between
     assert result.idle("conv").stall == inside + between
