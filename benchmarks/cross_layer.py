@@ -74,6 +74,19 @@ HEADER = (
 )
 
 
+def per_layer(timeline: NetworkTimeline) -> str:
+    """Each layer against its own bound, alone on an empty machine and as what it adds to the
+    timeline: the worst ratio and how many layers exceed 1.02x and 1.05x."""
+    alone = [layer.standalone_cycles / layer.bound_cycles for layer in timeline.layers]
+    added = [a / layer.bound_cycles for a, layer in zip(timeline.added_cycles, timeline.layers)]
+    n = len(alone)
+    return "; ".join(
+        f"{label}: worst {max(ratios):.3f}x, over 1.02x {sum(r > 1.02 for r in ratios)}/{n}, "
+        f"over 1.05x {sum(r > 1.05 for r in ratios)}/{n}"
+        for label, ratios in (("alone", alone), ("added to the timeline", added))
+    )
+
+
 def plot(timeline: NetworkTimeline, layers: int, path: Path) -> Path:
     """The units over the first `layers` calls (one colour per call, weight LOADs outlined in
     black), and below it zooms on three layer boundaries: the next layer's weights under this
@@ -172,6 +185,7 @@ def main() -> None:
     for name in args.networks:
         timeline, stats = measure(name, args.image_size, args.target)
         print(row(name, timeline, stats), flush=True)
+        print(f"  per layer over its bound: {per_layer(timeline)}", flush=True)
         if name == "resnet50" and args.plot_layers > 0:
             print(f"  plot: {plot(timeline, args.plot_layers, FIGURE)}")
             print(
@@ -183,7 +197,8 @@ def main() -> None:
         "sum alone: each layer on an empty machine, one after the other; timeline: all calls on "
         "one machine; bound: the busiest unit (or DRAM) summed over the layers; conv h+t: the "
         "Conv unit idle before the first CONV and after the last; in calls, between: its "
-        "stalls inside a call and between two calls' CONVs (timeline = conv busy + the three)"
+        "stalls inside a call and between two calls' CONVs (timeline = conv busy + the three); "
+        "added to the timeline: a layer's end minus the previous layers' latest end"
     )
 
 

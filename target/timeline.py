@@ -76,6 +76,7 @@ class LayerCall:
     writes: Mapping[str, TensorRef] = field(default_factory=dict)
     host_inputs: frozenset[str] = frozenset()
     standalone_cycles: int | None = None  # the call simulated alone, if already known
+    standalone_bound_cycles: int | None = None  # and its bound (`SimResult.bound_cycles`)
 
 
 @dataclass(frozen=True)
@@ -100,12 +101,13 @@ class Composition:
 @dataclass(frozen=True)
 class LayerSpan:
     """One call on the network timeline: when its first instruction started and its last
-    ended, and what it costs alone on an empty machine."""
+    ended, what it costs alone on an empty machine, and its bound there."""
 
     name: str
     start: int
     end: int
     standalone_cycles: int
+    bound_cycles: int
 
     @property
     def cycles(self) -> int:
@@ -141,6 +143,17 @@ class NetworkTimeline:
         return self.result.bound_cycles
 
     @property
+    def added_cycles(self) -> tuple[int, ...]:
+        """Per call, the cycles it adds to the timeline: from the latest end of the calls
+        before it to its own end (its head under the previous calls is free, its tail counts
+        unless the next call hides it). They sum to the timeline's total."""
+        added, latest = [], 0
+        for layer in self.layers:
+            added.append(max(0, layer.end - latest))
+            latest = max(latest, layer.end)
+        return tuple(added)
+
+    @property
     def conv_idle_between_calls(self) -> int:
         """Of the Conv unit's stalls on the timeline (`result.idle("conv").stall`), the cycles
         between two CONVs of different calls; the rest fell between two CONVs of one call."""
@@ -153,11 +166,16 @@ class NetworkTimeline:
         )
 
     def table(self) -> str:
-        rows = [f"{'#':>3} {'layer':<44} {'start':>10} {'end':>10} {'span':>9} {'alone':>9}"]
-        for index, layer in enumerate(self.layers):
+        rows = [
+            f"{'#':>3} {'layer':<44} {'start':>10} {'end':>10} {'span':>9} {'alone':>9} "
+            f"{'bound':>9} {'alone/bnd':>9} {'adds':>9} {'adds/bnd':>8}"
+        ]
+        for index, (layer, added) in enumerate(zip(self.layers, self.added_cycles)):
+            bound = max(1, layer.bound_cycles)
             rows.append(
                 f"{index:>3} {layer.name[:44]:<44} {layer.start:>10} {layer.end:>10} "
-                f"{layer.cycles:>9} {layer.standalone_cycles:>9}"
+                f"{layer.cycles:>9} {layer.standalone_cycles:>9} {layer.bound_cycles:>9} "
+                f"{layer.standalone_cycles / bound:>9.3f} {added:>9} {added / bound:>8.3f}"
             )
         rows.append(self.summary())
         return "\n".join(rows)
@@ -772,17 +790,18 @@ def network_timeline(calls: Sequence[LayerCall], hardware: HardwareConfig) -> Ne
         k = composition.call_of(event.unit, event.index)
         starts[k], ends[k] = min(starts[k], event.start), max(ends[k], event.end)
     layers = tuple(
-        LayerSpan(
-            call.name,
-            min(starts[k], ends[k]),
-            ends[k],
-            call.standalone_cycles
-            if call.standalone_cycles is not None
-            else simulate(call.program, hardware, functional=False).total_cycles,
-        )
+        LayerSpan(call.name, min(starts[k], ends[k]), ends[k], *_standalone(call, hardware))
         for k, call in enumerate(calls)
     )
     return NetworkTimeline(result, layers, composition)
+
+
+def _standalone(call: LayerCall, hardware: HardwareConfig) -> tuple[int, int]:
+    """The call alone on an empty machine: its cycles and its bound (simulated if not known)."""
+    if call.standalone_cycles is not None and call.standalone_bound_cycles is not None:
+        return call.standalone_cycles, call.standalone_bound_cycles
+    alone = simulate(call.program, hardware, functional=False)
+    return alone.total_cycles, alone.bound_cycles
 
 
 def layer_calls(runs) -> list[LayerCall]:
@@ -811,6 +830,7 @@ def layer_calls(runs) -> list[LayerCall]:
                 {"output": run.output},
                 frozenset(activations),
                 run.result.total_cycles,
+                run.result.bound_cycles,
             )
         )
     return calls

@@ -102,8 +102,15 @@ def test_next_layers_weights_load_while_this_layer_computes():
     assert first_weight_load.start < last_conv_of_layer_1.end
     assert first_weight_load.start < timeline.layers[0].end
     assert timeline.total_cycles < timeline.standalone_cycles
-    standalone = [simulate(c.program, hardware, functional=False).total_cycles for c in chain()]
-    assert [layer.standalone_cycles for layer in timeline.layers] == standalone
+    alone = [simulate(c.program, hardware, functional=False) for c in chain()]
+    assert [layer.standalone_cycles for layer in timeline.layers] == [r.total_cycles for r in alone]
+    assert [layer.bound_cycles for layer in timeline.layers] == [r.bound_cycles for r in alone]
+    # what each layer adds to the timeline: the first its whole span, the second less than it
+    # costs alone (its weights loaded under the first)
+    first, second = timeline.added_cycles
+    assert first == timeline.layers[0].end
+    assert second == timeline.layers[1].end - timeline.layers[0].end < alone[1].total_cycles
+    assert first + second == timeline.total_cycles
     assert result.leftover_tokens == {}  # every added token has its one matching wait
     assert_conv_stalls_add_up(timeline)
 
