@@ -125,7 +125,9 @@ def summary_table(results: list[dict]) -> str:
 
 
 def plot_layers(result: dict, size: int, path: str) -> str:
-    """Fused and unfused cycles over each layer's bound, one bar pair per layer."""
+    """Fused and unfused cycles over each layer's bound, one bar pair per layer; below, the
+    fused cycles taken apart: the Conv unit busy, then idle before its first CONV (head),
+    between CONVs (stall) and after its last (tail)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -135,12 +137,10 @@ def plot_layers(result: dict, size: int, path: str) -> str:
     index = np.arange(len(layers))
     fused = [layer.fused_cycles / layer.bound_cycles for layer in layers]
     unfused = [layer.unfused_cycles / layer.bound_cycles for layer in layers]
-    fig, ax = plt.subplots(figsize=(14, 4.5))
+    fig, (ax, parts) = plt.subplots(2, 1, figsize=(14, 8), sharex=True)
     ax.bar(index - 0.2, unfused, 0.4, label="unfused (conv kernel + epilogue kernel)")
     ax.bar(index + 0.2, fused, 0.4, label="fused (this project)")
     ax.axhline(1.0, color="black", linewidth=0.8)
-    ax.set_xticks(index, [str(i) for i in index], fontsize=7)
-    ax.set_xlabel("offloaded layer, in the order the VM calls them")
     ax.set_ylabel("cycles / the layer's bound")
     ax.set_ylim(0.9, max(unfused) * 1.05)
     report = result["report"]
@@ -150,6 +150,23 @@ def plot_layers(result: dict, size: int, path: str) -> str:
         f"{report.unfused_cycles / 1e6:.2f} M; fused wins {report.fused_wins}/{len(layers)}"
     )
     ax.legend(loc="upper right")
+    bottom = np.zeros(len(layers))
+    for label, values in (
+        ("Conv unit busy", [layer.conv_cycles for layer in layers]),
+        ("head: before the first CONV", [layer.conv_idle.head for layer in layers]),
+        ("stall: between CONVs", [layer.conv_idle.stall for layer in layers]),
+        ("tail: after the last CONV", [layer.conv_idle.tail for layer in layers]),
+    ):
+        share = np.array(values) / [layer.bound_cycles for layer in layers]
+        parts.bar(index, share, 0.7, bottom=bottom, label=label)
+        bottom += share
+    parts.axhline(1.0, color="black", linewidth=0.8)
+    parts.set_ylim(0.8, max(bottom) * 1.03)
+    parts.set_ylabel("fused cycles / the layer's bound")
+    parts.set_title("where each fused layer's cycles go (each layer alone on an empty machine)")
+    parts.legend(loc="upper right", fontsize=8)
+    parts.set_xticks(index, [str(i) for i in index], fontsize=7)
+    parts.set_xlabel("offloaded layer, in the order the VM calls them")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
