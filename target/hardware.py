@@ -109,7 +109,7 @@ class HardwareConfig:
     alu_op_cycles: Mapping[str, int] = field(hash=False)  # cycles per lane-wide pass, per op
     dma_bytes_per_cycle: int | None
     dma_latency_cycles: int  # per transfer: descriptor, DRAM round trip
-    dma_run_cycles: int  # per contiguous run of the DRAM region: a new burst and address
+    dma_run_cycles: int  # per run of the DRAM region: a new burst and address (short gaps stream)
     issue_cycles: int
     buffer_bytes: Mapping[str, int] = field(hash=False)
     dtype: str = "float32"
@@ -187,7 +187,7 @@ class HardwareConfig:
         return passes * per_pass + self.add_latency_cycles + self.issue_cycles
 
     def dma_cycles(self, nbytes: int, runs: int = 1) -> int:
-        """Cycles of one LOAD or STORE moving `nbytes` of DRAM in `runs` contiguous runs, alone
+        """Cycles of one LOAD or STORE moving `nbytes` of DRAM in `runs` runs (bursts), alone
         on the channel: `dma_setup_cycles` then `dma_transfer_cycles`."""
         return self.dma_setup_cycles + self.dma_transfer_cycles(nbytes, runs)
 
@@ -199,8 +199,8 @@ class HardwareConfig:
 
     def dma_transfer_cycles(self, nbytes: int, runs: int = 1) -> int:
         """The part that holds the shared DRAM channel: bytes / bandwidth, and `dma_run_cycles`
-        for each contiguous run, because each run is its own burst (a tile that cuts the width
-        moves many short rows). Zero on an unlimited-bandwidth machine."""
+        for each run, because each run is its own burst (a tile that cuts the width moves many
+        short rows). Zero on an unlimited-bandwidth machine."""
         if self.dma_bytes_per_cycle is None:
             return 0
         return _ceil_div(nbytes, self.dma_bytes_per_cycle) + runs * self.dma_run_cycles
@@ -215,9 +215,11 @@ class HardwareConfig:
         inside = clip_region(region, shape)
         if inside is None:
             return self.dma_transfer_cycles(0, 0)
-        return self.dma_transfer_cycles(
-            region_size(inside) * dtype_bytes(dtype), contiguous_runs(inside, shape)
-        )
+        if self.dma_bytes_per_cycle is None:
+            return 0
+        stream = self.dma_run_cycles * self.dma_bytes_per_cycle // dtype_bytes(dtype)
+        moved, runs = dram_footprint(inside, shape, stream)
+        return self.dma_transfer_cycles(moved * dtype_bytes(dtype), runs)
 
     def transfer_cycles(self, inst: Instruction, program: Program) -> int:
         """Cycles a LOAD or STORE holds the DRAM channel; 0 for compute instructions."""
@@ -421,6 +423,38 @@ def clip_region(region: Region, shape: Sequence[int]) -> Region | None:
             return None
         clipped.append((low, high - low))
     return tuple(clipped)
+
+
+def dram_footprint(region: Region, shape: Sequence[int], stream_gap: int) -> tuple[int, int]:
+    """(elements the DMA moves, runs it starts) for `region` of a row-major tensor of `shape`.
+
+    Consecutive runs of the region (`contiguous_runs`) are separated by gaps. A gap of at most
+    `stream_gap` elements costs less to stream through than a new burst: the DMA reads it and
+    drops it (or, storing, masks it with the write strobes). Its elements are moved, and no
+    run starts there. A longer gap starts a new run. The gaps are those of the address walk:
+    at the wrap of each dim outside the first one the region cuts.
+    """
+    extents = [extent for _, extent in region]
+    cut = len(shape) - 1  # the innermost dim the region does not cover whole
+    while cut >= 0 and extents[cut] == shape[cut]:
+        cut -= 1
+    size = region_size(region)
+    if cut < 0:
+        return size, 1
+    strides = [1] * len(shape)
+    for dim in range(len(shape) - 2, -1, -1):
+        strides[dim] = strides[dim + 1] * shape[dim + 1]
+    run = extents[cut] * strides[cut]
+    moved, runs, span = size, 1, run  # span: from a run's start to the end of the dims inside
+    for dim in range(cut - 1, -1, -1):
+        gap = strides[dim] - span
+        count = (extents[dim] - 1) * region_size(tuple(region[:dim]))
+        if gap <= stream_gap:
+            moved += count * gap
+        else:
+            runs += count
+        span += (extents[dim] - 1) * strides[dim]
+    return moved, runs
 
 
 def contiguous_runs(region: Region, shape: Sequence[int]) -> int:

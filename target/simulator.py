@@ -336,7 +336,7 @@ def _prepare(
     token_queues: dict[tuple[tuple[str, ...], bool], tuple] = {}
     for index, inst in enumerate(program.streams[unit]):
         kind = type(inst)
-        if kind is Load:  # DMA cost: bytes and contiguous runs of the DRAM region
+        if kind is Load:  # DMA cost: bytes and runs of the DRAM region
             if _extents(inst.dst.region) != inst.padded_extents:
                 _check_shapes(inst, f"{unit}#{index}")
             key = (kind, inst.dst.buffer, inst.dst.region, inst.src.tensor, inst.src.region)

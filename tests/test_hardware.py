@@ -6,7 +6,10 @@ import dataclasses
 import json
 import pickle
 
+import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tests.handmade_programs import ConvAddShape, tiled_convadd_program
 from tvm_convadd.errors import HardwareConfigError
@@ -16,6 +19,7 @@ from tvm_convadd.target.hardware import (
     buffer_pool,
     contiguous_runs,
     conv_gemm,
+    dram_footprint,
     list_configs,
     load_config,
 )
@@ -347,10 +351,14 @@ def test_dma_cost_of_a_strided_region(default):
     assert default.region_dma_cycles(rows, shape, "float32") == (
         latency + 8 * 3 * 12 * 4 // 32 + 8 * per_run + issue
     )
-    columns = ((0, 1), (0, 8), (2, 3), (4, 5))  # cut across the width: a run per row
+    columns = ((0, 1), (0, 8), (2, 3), (4, 5))  # cut across the width: 24 rows of 5
     assert contiguous_runs(columns, shape) == 24
+    # 7 elements (28 B) between the rows of a channel: cheaper to stream through than a new
+    # burst (4 cycles at 32 B/cycle is 128 B), so the 16 such gaps move; between channels
+    # 120 - 2 * 12 - 5 = 91 elements (364 B): a new run each, 8 runs in all
+    assert dram_footprint(columns, shape, 32) == (8 * 3 * 5 + 16 * 7, 8)
     assert default.region_dma_cycles(columns, shape, "float32") == (
-        latency + 8 * 3 * 5 * 4 // 32 + 24 * per_run + issue
+        latency + -(-(8 * 3 * 5 + 16 * 7) * 4 // 32) + 8 * per_run + issue
     )
     padded = ((0, 1), (0, 8), (-1, 4), (4, 5))  # one row of padding above: not on the bus
     assert default.region_dma_cycles(padded, shape, "float32") == (
@@ -358,6 +366,45 @@ def test_dma_cost_of_a_strided_region(default):
     )
     assert default.region_dma_cycles(((0, 1), (0, 8), (-3, 2), (0, 12)), shape, "float32") == (
         latency + issue
+    )
+
+
+def test_a_stride_two_window_streams_through_the_column_it_skips(default):
+    """A 1x1/s2 conv of a 28x28 map reads columns 0..26: one element short of each row. The
+    DMA streams through the 1-element gaps and the 29-element ones between channels (116 B),
+    so 64 channels of 27 x 27 move as one run instead of 1728."""
+    shape, window = (1, 128, 28, 28), ((0, 1), (0, 64), (0, 27), (0, 27))
+    moved = 64 * 27 * 27 + 64 * 26 * 1 + 63 * 29
+    assert dram_footprint(window, shape, 32) == (moved, 1)
+    assert default.region_dma_cycles(window, shape, "float32") == (
+        default.dma_setup_cycles + -(-moved * 4 // 32) + default.dma_run_cycles
+    )
+    assert dram_footprint(window, shape, 0) == (64 * 27 * 27, 64 * 27)  # nothing streams
+
+
+def brute_force_footprint(region, shape, stream_gap: int) -> tuple[int, int]:
+    """The same from every element's address: sort them, and each jump over more than
+    `stream_gap` missing elements starts a run; shorter jumps move what they skip."""
+    axes = [np.arange(start, start + extent) for start, extent in region]
+    addresses = np.sort(np.ravel_multi_index(np.meshgrid(*axes, indexing="ij"), shape).ravel())
+    gaps = np.diff(addresses) - 1
+    streamed = gaps[(gaps > 0) & (gaps <= stream_gap)]
+    return int(addresses.size + streamed.sum()), int(1 + (gaps > stream_gap).sum())
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(data=st.data())
+def test_dram_footprint_matches_the_addresses(data):
+    rank = data.draw(st.integers(1, 4))
+    shape = tuple(data.draw(st.integers(1, 7)) for _ in range(rank))
+    region = []
+    for dim in shape:
+        start = data.draw(st.integers(0, dim - 1))
+        region.append((start, data.draw(st.integers(1, dim - start))))
+    stream_gap = data.draw(st.integers(0, 40))
+    region = tuple(region)
+    assert dram_footprint(region, shape, stream_gap) == brute_force_footprint(
+        region, shape, stream_gap
     )
 
 

@@ -64,7 +64,7 @@ def test_best_config_filters_workload_and_target(sample):
         ("[1, 2]", "expected a JSON object"),
         ('{"workload": "x"}', "missing field"),
         (None, "cycles -3"),
-        (None, "version 1, this tvm-convadd reads 3 (older records were measured on another"),
+        (None, "version 1, this tvm-convadd reads 4 (older records were measured on another"),
         (None, "does not match its workload_def"),
         (None, "tile count 99"),
     ],

@@ -30,9 +30,10 @@ from tvm_convadd.errors import ConvAddError, RecordsError
 from tvm_convadd.schedules.tile_config import TileConfig
 from tvm_convadd.schedules.workload import Workload
 
-# 3: a shared DRAM channel, a vload queue, out double-buffered; 2: epilogue chains, groups,
-# 2-D tiles. Cycles of an older version are another machine's.
-VERSION = 3
+# 4: the DMA streams through gaps shorter than a burst; 3: a shared DRAM channel, a vload
+# queue, out double-buffered; 2: epilogue chains, groups, 2-D tiles. Cycles of an older
+# version are another machine's.
+VERSION = 4
 RECORDS_FILE = "records.jsonl"  # the file tuning appends to inside a records directory
 RECORDS_GLOBS = ("*.json", "*.jsonl")
 _FIELDS = ("workload", "workload_def", "target", "config", "cycles", "version")
