@@ -17,7 +17,8 @@ free) for reference. `--layers` prints every layer's row; `--check` also runs th
         [--plot benchmarks/figures/layers_resnet50.png]
 
 `--plot` draws the first network at the first image size layer by layer: fused and unfused
-over each layer's bound, and the network bound's unit.
+over each layer's bound, and below, the fused cycles taken apart (the Conv unit busy, its
+head, stall and tail).
 """
 
 from __future__ import annotations
@@ -133,7 +134,8 @@ def plot_layers(result: dict, size: int, path: str) -> str:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    layers = result["report"].layers
+    report = result["report"]
+    layers = report.layers
     index = np.arange(len(layers))
     fused = [layer.fused_cycles / layer.bound_cycles for layer in layers]
     unfused = [layer.unfused_cycles / layer.bound_cycles for layer in layers]
@@ -143,7 +145,6 @@ def plot_layers(result: dict, size: int, path: str) -> str:
     ax.axhline(1.0, color="black", linewidth=0.8)
     ax.set_ylabel("cycles / the layer's bound")
     ax.set_ylim(0.9, max(unfused) * 1.05)
-    report = result["report"]
     ax.set_title(
         f"{result['name']} at {size}x{size}: fused {report.fused_cycles / 1e6:.2f} M cycles "
         f"({report.fused_cycles / report.bound_cycles:.3f}x the network bound), unfused "
@@ -180,7 +181,9 @@ def main() -> None:
     parser.add_argument("--target", default="convadd-sim")
     parser.add_argument("--layers", action="store_true", help="print every layer's row")
     parser.add_argument("--check", action="store_true", help="compare with the llvm build")
-    parser.add_argument("--plot", help="PNG of the first network's layers (fused, unfused)")
+    parser.add_argument(
+        "--plot", help="PNG of the first network's layers (fused, unfused, head/stall/tail)"
+    )
     args = parser.parse_args()
     if args.plot:
         check_writable(args.plot)

@@ -430,7 +430,7 @@ class _Walker:
                 groups=self._groups(block, meaning, write, env, domain),
                 accumulate=self._accumulates(block, meaning, env),
             )
-            weight = self.tensors.get(self.sources.get("wgt", ""))
+            weight = self._weight_shape()
             taps = tuple(extent for _, extent in conv.wgt.region[1:])
             if weight is not None and (taps[1:] != tuple(weight[2:]) or taps[0] > weight[1]):
                 raise mismatch(
@@ -485,7 +485,7 @@ class _Walker:
     def _check_reduced(self, block, acc: Slot) -> None:
         """An ADD reads an accumulator region only once every input channel is summed in."""
         done = self.reduced.get((acc.buffer, acc.slot, acc.region))
-        weight = self.tensors.get(self.sources.get("wgt", ""))
+        weight = self._weight_shape()
         if done is not None and weight is not None and done != weight[1]:
             raise mismatch(
                 block,
@@ -493,6 +493,10 @@ class _Walker:
                 f"it reads {acc}, which has summed input channels {_span((0, done))} of "
                 f"{weight[1]}",
             )
+
+    def _weight_shape(self) -> tuple | None:
+        """The DRAM weight tensor's shape, once a LOAD into wgt has named it."""
+        return self.tensors.get(self.sources.get("wgt", ""))
 
     def _channels(self, operand: Slot) -> tuple[int, int] | None:
         """The DRAM channels [start, end) the LOAD that last filled `operand` put there."""

@@ -242,7 +242,7 @@ def estimate(workload: Workload, config: TileConfig, hardware: HardwareConfig) -
     ns, nc = len(grid.spatial), len(grid.channel)
     tiles = ns * nc
     once_names = ["wgt"] if config.channel_count == 1 and not split else []
-    if config.input_once(workload):  # the whole input, before the tile loop
+    if whole_input:  # the whole input, before the tile loop
         once_names.append("inp")
     if config.channel_count == 1:
         once_names += [n for n, s in workload.operand_shapes.items() if s != workload.out_shape]
@@ -420,11 +420,11 @@ def footprint(workload: Workload, config: TileConfig) -> dict[str, int]:
     reduced = config.reduce_tile_extent(workload) if split else workload.weight_shape[1]
     if split:
         in_channels = reduced
-    if config.input_once(workload):  # loaded whole: the padded input
+    whole_input = config.input_once(workload)
+    if whole_input:  # loaded whole: the padded input
         in_rows, in_cols = workload.padded_height, workload.padded_width
     tile = SLOTS[config.pipeline]
     channel_tiled = config.channel_count > 1
-    whole_input = config.input_once(workload)
     vector_slots = {"none": 1, "software": 3, "vthread": 2, "stream_weights": 3}
     vector_slots = vector_slots[config.pipeline] if channel_tiled else 1
     out_tile = batch * channels * height * width
