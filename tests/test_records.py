@@ -280,3 +280,18 @@ def test_two_tuners_never_claim_the_same_config(tmp_path):
     for worker in workers:
         worker.join()
     assert sorted(map(str, [c for mine in claimed for c in mine])) == sorted(map(str, configs))
+
+
+def test_a_records_file_is_read_and_warned_about_once_while_unchanged(tmp_path, sample, caplog):
+    """The codegen looks up every layer: a damaged line must not warn once per layer."""
+    path = tmp_path / "user.json"
+    stale = json.dumps({**json.loads(sample[0].to_json()), "version": 1})
+    path.write_text("\n".join([stale, sample[0].to_json()]) + "\n")
+    other = Workload(1, 4, 4, 4, 4, 1, 1)
+    with caplog.at_level(logging.WARNING, logger="tvm_convadd.records"):
+        assert records.find_best(WL, TARGET, [tmp_path]) == sample[0].config
+        assert records.find_best(other, TARGET, [tmp_path]) is None  # reads the dir again
+        assert records.load_dir(tmp_path) == [sample[0]]
+    assert sum("version 1" in r.getMessage() for r in caplog.records) == 1
+    records.append_record(path, sample[1])  # a changed file is read again
+    assert records.load_dir(tmp_path) == sample[:2]

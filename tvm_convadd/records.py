@@ -344,12 +344,33 @@ def packaged_records_dir() -> Path:
 
 
 def load_dir(directory: str | os.PathLike) -> list[Record]:
-    """Every good record in a directory's records files (damaged lines are logged and skipped)."""
+    """Every good record in a directory's records files (damaged lines are logged and skipped).
+
+    A file is parsed again only when it changed (its size or modification time), so the
+    codegen, which looks up every layer of a network, reads and warns about a file once."""
     directory = Path(directory)
     if not directory.is_dir():
         return []
     paths = sorted({p for pattern in RECORDS_GLOBS for p in directory.glob(pattern)})
-    return [record for path in paths for record in load_records(path)[0]]
+    return [record for path in paths for record in _load_unchanged(path)]
+
+
+_parsed: dict[Path, tuple[tuple[int, int], list[Record]]] = {}  # path -> (stamp, records)
+
+
+def _load_unchanged(path: Path) -> list[Record]:
+    """`load_records(path)`'s records, from the last parse while the file is unchanged."""
+    try:
+        stat = path.stat()
+    except OSError as err:
+        raise RecordsError(f"cannot read records file {path}: {err.strerror}") from err
+    stamp = (stat.st_mtime_ns, stat.st_size)
+    cached = _parsed.get(path.resolve())
+    if cached is not None and cached[0] == stamp:
+        return list(cached[1])
+    records = load_records(path)[0]
+    _parsed[path.resolve()] = (stamp, records)
+    return list(records)
 
 
 def find_best(
