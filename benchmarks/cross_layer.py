@@ -87,6 +87,19 @@ def per_layer(timeline: NetworkTimeline) -> str:
     )
 
 
+def layer_bounds(timeline: NetworkTimeline) -> str:
+    """The network bound taken apart: each layer's own bound (its busiest resource) summed is
+    what the network would cost if its layers ran one at a time, each at its bound. Over the
+    network bound (the busiest resource summed) it is the price of layers bound by different
+    resources, which only two layers running at once could pay back."""
+    layers = sum(layer.bound_cycles for layer in timeline.layers)
+    bound, total = timeline.bound_cycles, timeline.total_cycles
+    return (
+        f"{layers / 1e6:.3f}M = {layers / bound:.3f}x the network bound; the timeline is "
+        f"{total / layers:.3f}x that sum"
+    )
+
+
 def plot(timeline: NetworkTimeline, layers: int, path: Path) -> Path:
     """The units over the first `layers` calls (one colour per call, weight LOADs outlined in
     black), and below it zooms on three layer boundaries: the next layer's weights under this
@@ -186,6 +199,7 @@ def main() -> None:
         timeline, stats = measure(name, args.image_size, args.target)
         print(row(name, timeline, stats), flush=True)
         print(f"  per layer over its bound: {per_layer(timeline)}", flush=True)
+        print(f"  the layers' own bounds summed: {layer_bounds(timeline)}", flush=True)
         if name == "resnet50" and args.plot_layers > 0:
             print(f"  plot: {plot(timeline, args.plot_layers, FIGURE)}")
             print(
