@@ -428,10 +428,11 @@ def clip_region(region: Region, shape: Sequence[int]) -> Region | None:
 def dram_footprint(region: Region, shape: Sequence[int], stream_gap: int) -> tuple[int, int]:
     """(elements the DMA moves, runs it starts) for `region` of a row-major tensor of `shape`.
 
-    Consecutive runs of the region (`contiguous_runs`) are separated by gaps. A gap of at most
-    `stream_gap` elements costs less to stream through than a new burst: the DMA reads it and
-    drops it (or, storing, masks it with the write strobes). Its elements are moved, and no
-    run starts there. A longer gap starts a new run. The gaps are those of the address walk:
+    The region's runs of consecutive addresses are separated by gaps (every gap is at least
+    one element, so `stream_gap=0` counts those runs). A gap of at most `stream_gap` elements
+    costs less to stream through than a new burst: the DMA reads it and drops it (or, storing,
+    masks it with the write strobes). Its elements are moved, and no run starts there. A
+    longer gap starts a new run. The gaps are those of the address walk:
     at the wrap of each dim outside the first one the region cuts.
     """
     extents = [extent for _, extent in region]
@@ -455,21 +456,6 @@ def dram_footprint(region: Region, shape: Sequence[int], stream_gap: int) -> tup
             runs += count
         span += (extents[dim] - 1) * strides[dim]
     return moved, runs
-
-
-def contiguous_runs(region: Region, shape: Sequence[int]) -> int:
-    """How many runs of consecutive addresses `region` makes in a row-major tensor of `shape`.
-
-    A run spans the innermost dims the region covers whole, plus the first one it cuts; every
-    index of the dims outside that one starts a new run.
-    """
-    runs, inner_whole = 1, True
-    for (_, extent), dim in zip(reversed(region), reversed(shape)):
-        if inner_whole:
-            inner_whole = extent == dim
-        else:
-            runs *= extent
-    return runs
 
 
 def _int_field(source: str, key: str, value: Any, low: int, high: int) -> int:

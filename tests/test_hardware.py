@@ -17,7 +17,6 @@ from tvm_convadd.target.hardware import (
     BUFFERS,
     HardwareConfig,
     buffer_pool,
-    contiguous_runs,
     conv_gemm,
     dram_footprint,
     list_configs,
@@ -345,14 +344,14 @@ def test_dma_cost_of_a_strided_region(default):
         default.issue_cycles,
     )
     whole = tuple((0, d) for d in shape)
-    assert contiguous_runs(whole, shape) == 1
+    assert dram_footprint(whole, shape, 0)[1] == 1
     rows = ((0, 1), (0, 8), (2, 3), (0, 12))  # 3 whole rows per channel: one run per channel
-    assert contiguous_runs(rows, shape) == 8
+    assert dram_footprint(rows, shape, 0)[1] == 8
     assert default.region_dma_cycles(rows, shape, "float32") == (
         latency + 8 * 3 * 12 * 4 // 32 + 8 * per_run + issue
     )
     columns = ((0, 1), (0, 8), (2, 3), (4, 5))  # cut across the width: 24 rows of 5
-    assert contiguous_runs(columns, shape) == 24
+    assert dram_footprint(columns, shape, 0)[1] == 24
     # 7 elements (28 B) between the rows of a channel: cheaper to stream through than a new
     # burst (4 cycles at 32 B/cycle is 128 B), so the 16 such gaps move; between channels
     # 120 - 2 * 12 - 5 = 91 elements (364 B): a new run each, 8 runs in all
