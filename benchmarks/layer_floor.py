@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 from dataclasses import dataclass
+from functools import cache
 
 from tqdm import tqdm
 
@@ -34,6 +35,7 @@ from tvm_convadd.target.hardware import load_config
 from tvm_convadd.target.simulator import simulate
 
 NEAR_BOUND = 1.02
+HARDWARE = "default"  # the machine the shipped records were measured on
 
 
 @dataclass(frozen=True)
@@ -46,12 +48,18 @@ class Run:
 def measure(job: tuple[Workload, TileConfig, str]) -> Run | None:
     """One config simulated alone (None if it does not fit or is refused)."""
     workload, config, hardware_name = job
-    hardware = load_config(hardware_name)
+    hardware = _hardware(hardware_name)
     try:
         result = simulate(search_space.lowered(workload, config), hardware, functional=False)
     except ConvAddError:
         return None
     return Run(config, result.total_cycles, result.bound_cycles)
+
+
+@cache
+def _hardware(name: str):
+    """The config, read once per worker process, not once per job."""
+    return load_config(name)
 
 
 def worst_records(network: str, count: int, hardware_name: str) -> list[tuple[float, Record]]:
@@ -63,7 +71,7 @@ def worst_records(network: str, count: int, hardware_name: str) -> list[tuple[fl
     for record in records:
         if record.workload.key not in best or record.cycles < best[record.workload.key].cycles:
             best[record.workload.key] = record
-    hardware = load_config(hardware_name)
+    hardware = _hardware(hardware_name)
     ratios = []
     for record in best.values():
         result = simulate(
@@ -93,18 +101,18 @@ HEADER = (
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--network", default="mobilenet_v2")
+    shipped = sorted(path.stem for path in packaged_records_dir().glob("*.json"))
+    parser.add_argument("--network", default="mobilenet_v2", choices=shipped)
     parser.add_argument("--worst", type=int, default=1, help="how many layers, worst first")
-    parser.add_argument("--hardware", default="default")
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()
     if args.worst < 1 or args.workers < 1:
         raise SystemExit("layer_floor.py: --worst and --workers must be at least 1")
     rows = []
     with multiprocessing.get_context("spawn").Pool(args.workers) as pool:
-        for ratio, record in worst_records(args.network, args.worst, args.hardware):
+        for ratio, record in worst_records(args.network, args.worst, HARDWARE):
             workload = record.workload
-            jobs = [(workload, c, args.hardware) for c in search_space.enumerate_configs(workload)]
+            jobs = [(workload, c, HARDWARE) for c in search_space.enumerate_configs(workload)]
             runs = [
                 run
                 for run in tqdm(
@@ -115,7 +123,7 @@ def main() -> None:
                 if run is not None
             ]
             rows.append(floor_row(workload, runs))
-    print(f"every config of the search space, alone on {args.hardware} (timing only)")
+    print(f"every config of the search space, alone on {HARDWARE} (timing only)")
     print(HEADER)
     print("\n".join(rows))
     print(
