@@ -364,12 +364,12 @@ def _load_unchanged(path: Path) -> list[Record]:
         stat = path.stat()
     except OSError as err:
         raise RecordsError(f"cannot read records file {path}: {err.strerror}") from err
-    stamp = (stat.st_mtime_ns, stat.st_size)
-    cached = _parsed.get(path.resolve())
+    key, stamp = path.resolve(), (stat.st_mtime_ns, stat.st_size)
+    cached = _parsed.get(key)
     if cached is not None and cached[0] == stamp:
         return list(cached[1])
     records = load_records(path)[0]
-    _parsed[path.resolve()] = (stamp, records)
+    _parsed[key] = (stamp, records)
     return list(records)
 
 
